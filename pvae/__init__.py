@@ -1,0 +1,18 @@
+"""pvae: variational inference answers for deep latent-variable Pyro programs."""
+
+from . import infer, models
+from .infer import FitResult, TrainingDivergedError, fit
+from .models import VAE, ModelGuidePair
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "FitResult",
+    "ModelGuidePair",
+    "TrainingDivergedError",
+    "__version__",
+    "fit",
+    "infer",
+    "models",
+]

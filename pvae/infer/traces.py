@@ -1,0 +1,266 @@
+"""The seam every bound is built on: per-site, per-datum log-densities.
+
+Run the guide, replay the model against it (optionally under an outer,
+vectorised particle plate), and return for every sample site its log-density
+per particle and per datum, a tensor of shape ``(num_particles, batch)``. The
+ELBO, its reconstruction / KL split, IWAE, Renyi bounds and log-evidence
+estimates are all reductions of this one object (DESIGN principle 1).
+
+Log-densities are **unscaled**: a subsample scale (``pyro.plate(...,
+subsample_size=...)``) or ``poutine.scale`` (beta) does not enter them, so a
+per-datum bound never depends on the minibatch size. The scale of each site is
+kept beside it (:attr:`SiteLogProbs.scales`) for training objectives that want
+it. ``poutine.mask`` and masked distributions are applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+
+__all__ = [
+    "PARTICLE_PLATE",
+    "SiteLogProbs",
+    "find_data_plate",
+    "guess_max_plate_nesting",
+    "site_log_probs",
+    "trace_pair",
+]
+
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+@dataclass(frozen=True)
+class SiteLogProbs:
+    """Per-site log-densities of one guide/model run, per particle and datum.
+
+    Every tensor is ``(num_particles, batch)``, where batch is the size of the
+    data plate in this run (the subsample, if the plate subsamples).
+
+    :ivar dict log_p: model log-densities of latent and observed sites.
+    :ivar dict log_q: guide log-densities of latent sites.
+    :ivar tuple observed: names of observed model sites.
+    :ivar tuple latent: names of latent sites (sampled by the guide).
+    :ivar dict scales: the scale (beta, subsample factor) Pyro attached to each
+        model site; not applied to the tensors above.
+    :ivar dict guide_scales: likewise for guide sites.
+    :ivar model_trace: the model's ``pyro.poutine.Trace``.
+    :ivar guide_trace: the guide's ``pyro.poutine.Trace``.
+    """
+
+    log_p: dict[str, torch.Tensor]
+    log_q: dict[str, torch.Tensor]
+    observed: tuple[str, ...]
+    latent: tuple[str, ...]
+    scales: dict[str, Any] = field(repr=False)
+    guide_scales: dict[str, Any] = field(repr=False)
+    model_trace: Any = field(repr=False)
+    guide_trace: Any = field(repr=False)
+
+    @property
+    def log_likelihood(self) -> torch.Tensor:
+        """:math:`\\log p(x \\mid z)` summed over observed sites: ``(K, batch)``."""
+        return _total(self.log_p[n] for n in self.observed)
+
+    @property
+    def log_prior(self) -> torch.Tensor:
+        """:math:`\\log p(z)` summed over latent sites: ``(K, batch)``."""
+        return _total(self.log_p[n] for n in self.latent)
+
+    @property
+    def log_guide(self) -> torch.Tensor:
+        """:math:`\\log q(z \\mid x)` summed over latent sites: ``(K, batch)``."""
+        return _total(self.log_q[n] for n in self.latent)
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """Importance log-weights :math:`\\log p(x, z) - \\log q(z \\mid x)`: ``(K, batch)``."""
+        return self.log_likelihood + self.log_prior - self.log_guide
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    out = None
+    for t in terms:
+        out = t if out is None else out + t
+    if out is None:
+        raise ValueError("the program has no site of that kind.")
+    return out
+
+
+def _sample_sites(trace) -> list[tuple[str, dict]]:
+    return [(n, s) for n, s in trace.nodes.items() if s["type"] == "sample"]
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """Run the pair once and return the deepest plate nesting it uses."""
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    dims = [
+        -frame.dim
+        for trace in (model_trace, guide_trace)
+        for _, site in _sample_sites(prune_subsample_sites(trace))
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def trace_pair(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int = 1,
+    max_plate_nesting: int | None = None,
+) -> tuple[Any, Any, int]:
+    """Trace the guide, then the model replayed against it.
+
+    With ``num_particles > 1`` both run inside an outer
+    ``pyro.plate("num_particles_vectorized", num_particles)`` placed left of
+    every plate of the program, so the particles are drawn in one vectorised
+    pass.
+
+    :returns: ``(model_trace, guide_trace, particle_dim)``; ``particle_dim`` is
+        the (negative) batch dimension of the particle plate.
+    """
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    particle_dim = -max_plate_nesting - 1
+    if num_particles > 1:
+        plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim)
+        guide, model = plate(guide), plate(model)
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace, particle_dim
+
+
+def find_data_plate(model_trace, data_plate: str | None = None) -> tuple[str, int]:
+    """Name and dim of the plate holding the data.
+
+    ``data_plate`` if given; else the plate named ``"data"``; else the one plate
+    shared by every observed site.
+
+    :raises ValueError: listing the program's plates when none or several fit.
+    """
+    observed = [s for _, s in _sample_sites(model_trace) if s["is_observed"]]
+    plates: dict[str, int] = {}
+    shared: set[str] | None = None
+    for site in observed:
+        names = {f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE}
+        shared = names if shared is None else shared & names
+        plates.update({f.name: f.dim for f in site["cond_indep_stack"] if f.vectorized})
+    for _, site in _sample_sites(model_trace):
+        plates.update({f.name: f.dim for f in site["cond_indep_stack"] if f.vectorized})
+    plates.pop(PARTICLE_PLATE, None)
+    if data_plate is not None:
+        if data_plate not in plates:
+            raise ValueError(
+                f"data_plate={data_plate!r} is not a plate of the model; its plates are "
+                f"{sorted(plates)}."
+            )
+        return data_plate, plates[data_plate]
+    if "data" in plates:
+        return "data", plates["data"]
+    if not observed:
+        raise ValueError("the model has no observed sample site: nothing to evaluate. Pass data as obs=.")
+    if shared is not None and len(shared) == 1:
+        name = next(iter(shared))
+        return name, plates[name]
+    raise ValueError(
+        "cannot tell which plate holds the data: the observed sites share the plates "
+        f"{sorted(shared or [])} (the model's plates: {sorted(plates)}). "
+        "Try data_plate='<name>', or name the data plate 'data'."
+    )
+
+
+def _per_datum(site: dict, particle_dim: int, data_dim: int | None, num_particles: int, batch: int) -> torch.Tensor:
+    fn, value = site["fn"], site["value"]
+    lp = fn.log_prob(value)
+    if site["mask"] is not None:
+        lp = torch.where(site["mask"], lp, lp.new_zeros(()))
+    ndim = -particle_dim
+    if lp.dim() > ndim:
+        raise ValueError(
+            f"site {site['name']!r} has log_prob shape {tuple(lp.shape)}, with dims left of "
+            "every plate (enumerated or unplated batch dims). Declare them with pyro.plate "
+            "or .to_event()."
+        )
+    lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
+    keep = {0} | ({ndim + data_dim} if data_dim is not None else set())
+    drop = [d for d in range(ndim) if d not in keep]
+    if drop:
+        lp = lp.sum(drop, keepdim=True)
+    lp = lp.reshape(lp.shape[0], -1)
+    return lp.expand(num_particles, batch if data_dim is not None else lp.shape[1])
+
+
+def site_log_probs(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_particles: int = 1,
+    data_plate: str | None = None,
+    max_plate_nesting: int | None = None,
+    **kwargs: Any,
+) -> SiteLogProbs:
+    """Per-site log-densities, shape ``(num_particles, batch)``, of one vectorised run.
+
+    :param callable model: a Pyro model whose data sit in a ``pyro.plate``.
+    :param callable guide: its guide, same signature.
+    :param int num_particles: particles drawn in one vectorised pass. Default 1.
+    :param str data_plate: name of the data plate; found by itself when the
+        plate is called ``"data"`` or is the only one shared by observed sites.
+    :param int max_plate_nesting: the program's plate depth; guessed by one
+        extra run if not given.
+    :raises ValueError: on a global latent (a latent outside the data plate:
+        no per-datum density exists for it), or a guide site the model lacks.
+    """
+    if int(num_particles) != num_particles or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+    model_trace, guide_trace, particle_dim = trace_pair(
+        model, guide, args, kwargs, num_particles, max_plate_nesting
+    )
+    model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+    _, data_dim = find_data_plate(model_trace, data_plate)
+    batch = None
+    for _, site in _sample_sites(model_trace):
+        if site["is_observed"]:
+            for f in site["cond_indep_stack"]:
+                if f.dim == data_dim:
+                    batch = f.size
+    log_p, log_q, scales, guide_scales = {}, {}, {}, {}
+    observed, latent = [], []
+    guide_sites = dict(_sample_sites(guide_trace))
+    for name, site in _sample_sites(model_trace):
+        in_data = any(f.dim == data_dim and f.vectorized for f in site["cond_indep_stack"])
+        if not in_data:
+            raise ValueError(
+                f"site {name!r} lies outside the data plate: it is a global variable, and "
+                "per-datum bounds need every latent and observation inside the data plate. "
+                "Try fitting global variables as parameters (pyro.param) or point estimates."
+            )
+        log_p[name] = _per_datum(site, particle_dim, data_dim, num_particles, batch)
+        scales[name] = site["scale"]
+        if site["is_observed"]:
+            observed.append(name)
+            continue
+        if name not in guide_sites:
+            raise ValueError(
+                f"latent site {name!r} of the model has no counterpart in the guide; "
+                f"guide sites: {sorted(guide_sites)}. Try adding pyro.sample({name!r}, ...) to the guide."
+            )
+        latent.append(name)
+        log_q[name] = _per_datum(guide_sites[name], particle_dim, data_dim, num_particles, batch)
+        guide_scales[name] = guide_sites[name]["scale"]
+    extra = sorted(set(guide_sites) - set(log_p))
+    if extra:
+        raise ValueError(f"guide sites {extra} do not appear in the model.")
+    return SiteLogProbs(
+        log_p, log_q, tuple(observed), tuple(latent), scales, guide_scales, model_trace, guide_trace
+    )

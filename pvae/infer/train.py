@@ -1,0 +1,489 @@
+"""``fit``: stochastic variational inference for any model/guide program.
+
+The loop is written for speed (it is measured against a hand-written PyTorch
+loop in ``benchmarks/train_speed.py``): the objective is traced directly
+(no ``SVI``/param-store round trip), Pyro's validation runs once on the first
+step and on the whole data, then is switched off, the optimiser is one fused
+``torch.optim.Adam`` over all parameters, and tensor data are shuffled by an
+index permutation, never through a ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+from ..models.base import Program, as_program
+from .objectives import Objective, make_objective
+
+__all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "pvae-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite. ``.result`` holds the run up to the last
+    good epoch; the program's parameters were restored to that epoch."""
+
+    def __init__(self, message: str, result: "FitResult") -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is corrupt, foreign, or for another program."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`fit`.
+
+    :ivar program: the trained program (the object passed in, trained in place).
+    :ivar tuple history: one dict per epoch: ``epoch``, ``loss`` (objective per
+        datum), ``elbo``, ``reconstruction``, ``kl`` (per datum, beta = 1),
+        ``kl_weight``, ``seconds``, and ``val_elbo``, ``val_reconstruction``,
+        ``val_kl`` with validation data.
+    :ivar int best_epoch: epoch with the best validation ELBO (the last epoch
+        without validation data).
+    :ivar bool stopped_early: whether early stopping ended the run.
+    :ivar checkpoint_path: the last checkpoint written, or None.
+    """
+
+    program: Any = field(repr=False)
+    history: tuple[dict[str, float], ...]
+    best_epoch: int
+    stopped_early: bool
+    checkpoint_path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(h) for h in self.history],
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "checkpoint_path": self.checkpoint_path,
+        }
+
+
+# -- data ----------------------------------------------------------------------
+def _as_tensors(data: Any, name: str) -> tuple[torch.Tensor, ...] | None:
+    """Tensor or tuple of tensors -> tuple; a DataLoader-like iterable -> None."""
+    if isinstance(data, torch.Tensor):
+        data = (data,)
+    if isinstance(data, (tuple, list)):
+        if not data or not all(isinstance(t, torch.Tensor) for t in data):
+            raise TypeError(f"{name} must be a tensor, a tuple of tensors, or a DataLoader.")
+        sizes = {t.shape[0] if t.dim() else None for t in data}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(
+                f"the tensors of {name} must share their first (data) dimension, got shapes "
+                f"{[tuple(t.shape) for t in data]}."
+            )
+        if next(iter(sizes)) == 0:
+            raise ValueError(f"{name} is empty.")
+        return tuple(data)
+    if hasattr(data, "__iter__"):
+        return None
+    raise TypeError(f"{name} must be a tensor, a tuple of tensors, or a DataLoader; got {type(data).__name__}.")
+
+
+def _batches(tensors, loader, batch_size: int, shuffle: bool, device) -> Iterator[tuple[torch.Tensor, ...]]:
+    if tensors is None:
+        for batch in loader:
+            batch = batch if isinstance(batch, (tuple, list)) else (batch,)
+            yield tuple(b.to(device) if device is not None else b for b in batch)
+        return
+    n = tensors[0].shape[0]
+    if shuffle:
+        order = torch.randperm(n, device=tensors[0].device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t.index_select(0, idx) for t in tensors)
+    else:
+        for start in range(0, n, batch_size):
+            yield tuple(t[start : start + batch_size] for t in tensors)
+
+
+def _num_steps(tensors, loader, batch_size: int) -> int | None:
+    if tensors is not None:
+        return math.ceil(tensors[0].shape[0] / batch_size)
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+# -- parameters and state --------------------------------------------------------
+def _collect_params(program: Program, args: tuple) -> list[torch.Tensor]:
+    """Module parameters plus any ``pyro.param`` sites the program creates."""
+    seen: dict[int, torch.Tensor] = {}
+    if isinstance(program, torch.nn.Module):
+        seen.update((id(p), p) for p in program.parameters())
+    with poutine.block(), pyro.validation_enabled(False):
+        guide_trace = poutine.trace(program.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*args)
+    for tr in (guide_trace, model_trace):
+        for site in tr.nodes.values():
+            if site["type"] == "param":
+                value = site["value"]
+                p = value.unconstrained() if hasattr(value, "unconstrained") else value
+                if isinstance(p, torch.Tensor) and p.requires_grad:
+                    seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _snapshot(program: Program, params: Sequence[torch.Tensor]) -> dict[str, Any]:
+    state: dict[str, Any] = {"params": [p.detach().clone() for p in params]}
+    if isinstance(program, torch.nn.Module):
+        state["module"] = copy.deepcopy(program.state_dict())
+    return state
+
+
+def _restore(program: Program, params: Sequence[torch.Tensor], state: dict[str, Any]) -> None:
+    with torch.no_grad():
+        if "module" in state and isinstance(program, torch.nn.Module):
+            program.load_state_dict(state["module"])
+        for p, saved in zip(params, state["params"]):
+            p.copy_(saved)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a pvae checkpoint safely (``torch.load(weights_only=True)``: no code
+    is unpickled).
+
+    :param path: the checkpoint file, or the directory holding ``checkpoint.pt``.
+    :raises CheckpointError: if the file is missing, corrupt, or not pvae's.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}. Try the --out/checkpoint_dir of a fit.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bad files
+        raise CheckpointError(
+            f"{path} is corrupt or not a pvae checkpoint (it was loaded with weights_only=True, "
+            f"which never runs pickled code): {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pvae checkpoint (no '{CHECKPOINT_FORMAT}' format tag).")
+    return ckpt
+
+
+def _check_compatible(ckpt: dict, program: Program, params: Sequence[torch.Tensor], path: Path) -> None:
+    shapes = [tuple(p.shape) for p in ckpt["state"]["params"]]
+    if ckpt.get("program") != type(program).__name__ or shapes != [tuple(p.shape) for p in params]:
+        raise CheckpointError(
+            f"{path} was written for a {ckpt.get('program')} with parameter shapes {shapes[:3]}..., "
+            f"not this {type(program).__name__}. Try another checkpoint_dir, or resume=False."
+        )
+
+
+# -- schedules -------------------------------------------------------------------
+def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Callable[[float], float]:
+    """Epoch (fractional) -> KL weight."""
+    if kl_warmup is None or kl_warmup == 0:
+        return lambda epoch: 1.0
+    if callable(kl_warmup):
+        return kl_warmup
+    if kl_warmup < 0:
+        raise ValueError(f"kl_warmup must be >= 0 epochs or a callable, got {kl_warmup!r}.")
+    return lambda epoch: min(1.0, epoch / float(kl_warmup))
+
+
+def _progress(enabled: bool | None, total: int | None, desc: str):
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("CI")
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.5)
+
+
+# -- evaluation ------------------------------------------------------------------
+@torch.no_grad()
+def _evaluate(program, objective: Objective, tensors, loader, batch_size: int, device) -> dict[str, float]:
+    totals = torch.zeros(3)
+    n = 0
+    for batch in _batches(tensors, loader, batch_size, False, device):
+        terms = objective(program.model, program.guide, batch, {}, 1.0)
+        totals += torch.stack([terms.elbo, terms.reconstruction, terms.kl]).cpu()
+        n += batch[0].shape[0]
+    elbo, rec, kl = (totals / n).tolist()
+    return {"elbo": elbo, "reconstruction": rec, "kl": kl}
+
+
+# -- the loop --------------------------------------------------------------------
+def fit(
+    program: Program,
+    data: Any,
+    *,
+    num_epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    validation_data: Any = None,
+    objective: str | Objective = "elbo",
+    num_particles: int = 1,
+    kl_warmup: int | float | Callable[[float], float] | None = None,
+    patience: int | None = None,
+    restore_best: bool = True,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Fit a program's parameters by stochastic variational inference.
+
+    Maximises the objective (by default the ELBO, with the program's own beta
+    and an optional KL warm-up) with Adam over minibatches, keeps a per-epoch
+    history, checkpoints, stops early on a validation plateau, and stops with
+    a clear error when the loss diverges.
+
+    .. math::
+
+        \\mathrm{ELBO}(x) = \\mathbb E_{q(z \\mid x)}[\\log p(x \\mid z)]
+            - \\mathrm{KL}(q(z \\mid x) \\,\\|\\, p(z)),
+        \\quad \\text{loss} = -\\tfrac{1}{B} \\sum_{b} \\mathrm{ELBO}_{\\beta, w}(x_b).
+
+    :param program: anything with ``model`` and ``guide`` callables taking the
+        batch tensors as positional arguments (pvae's models or a user's pair).
+    :param data: a tensor ``(n, ...)``, a tuple of tensors sharing their first
+        dimension (passed to the program as positional arguments, e.g.
+        ``(x, mask)``), or an iterable of batches such as a ``DataLoader``.
+    :param int num_epochs: passes over the data. Default 10.
+    :param int batch_size: minibatch size for tensor data. Default 128.
+    :param float learning_rate: Adam's step size. Default 1e-3.
+    :param validation_data: like ``data``; evaluated after every epoch.
+    :param objective: ``"elbo"`` or an :class:`~pvae.infer.objectives.Objective`.
+    :param int num_particles: particles per datum for the objective. Default 1.
+    :param kl_warmup: KL annealing: a number of epochs over which the KL weight
+        rises linearly from 0 to 1 (per step), or a callable ``epoch -> weight``
+        taking a fractional epoch.
+    :param int patience: stop after this many epochs without a better
+        validation ELBO (needs ``validation_data``).
+    :param bool restore_best: with early stopping, end at the best epoch's
+        parameters. Default True.
+    :param float weight_decay: Adam's L2 penalty. Default 0.
+    :param float clip_norm: clip the gradient norm to this value.
+    :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch
+        (atomically: a crash never leaves a half-written file).
+    :param bool resume: continue from ``checkpoint_dir``'s checkpoint; with the
+        same ``seed`` this reproduces an uninterrupted run exactly.
+    :param int seed: seed for Pyro, torch, numpy and random.
+    :param bool progress: show a progress bar with the live ELBO; default only
+        on a terminal and outside CI.
+    :param device: move the program and tensor data there.
+    :param callback: called with each epoch's history row.
+    :returns: a :class:`FitResult`.
+    :raises TrainingDivergedError: on a NaN or infinite loss, naming the epoch
+        and step; parameters are restored to the last good epoch and the last
+        checkpoint is left intact.
+    """
+    program = as_program(program)
+    for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
+    if patience is not None and validation_data is None:
+        raise ValueError("patience (early stopping) needs validation_data.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir.")
+    objective = make_objective(objective, num_particles=num_particles) if isinstance(objective, str) else objective
+    schedule = _kl_schedule(kl_warmup)
+
+    if device is not None and isinstance(program, torch.nn.Module):
+        program.to(device)
+    tensors = _as_tensors(data, "data")
+    loader = data if tensors is None else None
+    if tensors is not None and device is not None:
+        tensors = tuple(t.to(device) for t in tensors)
+    val_tensors = _as_tensors(validation_data, "validation_data") if validation_data is not None else None
+    val_loader = validation_data if validation_data is not None and val_tensors is None else None
+    if val_tensors is not None and device is not None:
+        val_tensors = tuple(t.to(device) for t in val_tensors)
+    validate = getattr(program, "validate", None)
+    if callable(validate):
+        for t in (tensors, val_tensors):
+            if t is not None:
+                validate(*t)
+
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    first = next(_batches(tensors, loader, batch_size, False, device))
+    params = _collect_params(program, first)
+    if not params:
+        raise ValueError("the program has no trainable parameters: nothing to fit.")
+    optimizer = _adam(params, learning_rate, weight_decay)
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_epoch, best_val, bad_epochs = 0, -1, -math.inf, 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    best_state = None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            _check_compatible(ckpt, program, params, ckpt_path)
+            _restore(program, params, ckpt["state"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            history = [dict(h) for h in ckpt["history"]]
+            start_epoch = int(ckpt["epoch"]) + 1
+            best_epoch, best_val, bad_epochs = ckpt["best_epoch"], ckpt["best_val"], ckpt["bad_epochs"]
+            _set_rng_state(ckpt["rng"])
+    good_state = _snapshot(program, params)
+
+    steps = _num_steps(tensors, loader, batch_size)
+    bar = _progress(progress, None if steps is None else steps * (num_epochs - start_epoch), "pvae.fit")
+    stopped_early = False
+    validated = False
+    train_mode = getattr(program, "train", None)
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            if callable(train_mode) and isinstance(program, torch.nn.Module):
+                program.train()
+            tick = time.perf_counter()
+            totals = torch.zeros(4)
+            n_seen = 0
+            kl_weight = schedule(float(epoch))
+            for step, batch in enumerate(_batches(tensors, loader, batch_size, True, device)):
+                if steps is not None:
+                    kl_weight = schedule(epoch + step / steps)
+                with pyro.validation_enabled(not validated):
+                    terms = objective(program.model, program.guide, batch, {}, kl_weight)
+                validated = True
+                b = batch[0].shape[0]
+                loss = terms.loss / b
+                if not torch.isfinite(loss):
+                    _restore(program, params, good_state)
+                    result = FitResult(program, tuple(history), best_epoch, False, _str(ckpt_path))
+                    last = f"; the last good checkpoint {ckpt_path} is intact" if ckpt_path and ckpt_path.exists() else ""
+                    raise TrainingDivergedError(
+                        f"training diverged: the loss became {loss.item()} at epoch {epoch} "
+                        f"step {step} (learning_rate={learning_rate:g}). The parameters were "
+                        f"restored to the end of epoch {epoch - 1}{last}. Try a smaller "
+                        "learning_rate, clip_norm=..., or check the data for extreme values.",
+                        result,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                optimizer.step()
+                totals += torch.stack([terms.loss.detach(), terms.elbo, terms.reconstruction, terms.kl]).cpu()
+                n_seen += b
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0:
+                        bar.set_postfix(epoch=epoch, elbo=f"{terms.elbo.item() / b:.2f}", refresh=False)
+            loss_m, elbo_m, rec_m, kl_m = (totals / n_seen).tolist()
+            row = {
+                "epoch": epoch,
+                "loss": loss_m,
+                "elbo": elbo_m,
+                "reconstruction": rec_m,
+                "kl": kl_m,
+                "kl_weight": float(kl_weight),
+                "seconds": time.perf_counter() - tick,
+            }
+            improved = True
+            if val_tensors is not None or val_loader is not None:
+                if isinstance(program, torch.nn.Module):
+                    program.eval()
+                with pyro.validation_enabled(False):
+                    val = _evaluate(program, objective, val_tensors, val_loader, max(batch_size, 1024), device)
+                row.update({f"val_{k}": v for k, v in val.items()})
+                improved = val["elbo"] > best_val
+                if improved:
+                    best_val = val["elbo"]
+            if improved:
+                best_epoch, bad_epochs = epoch, 0
+                if patience is not None:
+                    best_state = _snapshot(program, params)
+            else:
+                bad_epochs += 1
+            history.append(row)
+            good_state = _snapshot(program, params)
+            if ckpt_path is not None:
+                _atomic_save(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "program": type(program).__name__,
+                        "epoch": epoch,
+                        "state": good_state,
+                        "optimizer": optimizer.state_dict(),
+                        "history": history,
+                        "best_epoch": best_epoch,
+                        "best_val": best_val,
+                        "bad_epochs": bad_epochs,
+                        "rng": _rng_state(),
+                    },
+                    ckpt_path,
+                )
+            if callback is not None:
+                callback(row)
+            if patience is not None and bad_epochs >= patience:
+                stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if stopped_early and restore_best and best_state is not None:
+        _restore(program, params, best_state)
+    if isinstance(program, torch.nn.Module):
+        program.eval()
+    return FitResult(program, tuple(history), best_epoch, stopped_early, _str(ckpt_path))
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = list(params)
+    try:
+        # one fused kernel for every parameter: the cheapest Adam step torch has
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)

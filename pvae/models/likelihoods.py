@@ -1,0 +1,328 @@
+"""Observation families by name, shared by every pvae model.
+
+A :class:`Likelihood` turns a decoder's raw output into a distribution over the
+features of ``x`` (batch shape ``(..., input_dim)``, no event dimensions; the
+model adds ``.to_event(1)``), owns the family's learned parameters (a Normal's
+per-feature scale, a negative binomial's dispersion), and checks that data lie
+in the family's support before anything is trained on them.
+
+Choosing a family (seeds 000 and 004): ``bernoulli`` for binary pixels or spike
+/ no-spike bins, ``continuous_bernoulli`` for grey values in [0, 1] (Loaiza-Ganem
+and Cunningham 2019), ``normal`` for real values such as calcium-imaging
+fluorescence, ``laplace`` or ``student_t`` where heavy-tailed noise (salt and
+pepper) would make a Gaussian chase outliers, ``poisson`` for spike counts,
+``negative_binomial`` for over-dispersed counts (e.g. gene expression),
+``categorical`` for integer-coded features with known cardinalities.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .nets import positive
+
+LikelihoodName = Literal[
+    "bernoulli",
+    "continuous_bernoulli",
+    "normal",
+    "laplace",
+    "student_t",
+    "poisson",
+    "negative_binomial",
+    "categorical",
+]
+
+__all__ = [
+    "LIKELIHOODS",
+    "Likelihood",
+    "LikelihoodName",
+    "SupportError",
+    "check_mask",
+    "make_likelihood",
+]
+
+
+class SupportError(ValueError):
+    """Data outside the support of the chosen likelihood."""
+
+
+def check_mask(x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Check that ``mask`` is None or a bool tensor of ``x``'s shape."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must be a bool tensor (True = observed), got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}. Try mask=~torch.isnan(x)."
+        )
+    if mask.shape != x.shape:
+        raise ValueError(
+            f"mask must have the shape of x: expected {tuple(x.shape)}, got {tuple(mask.shape)}."
+        )
+
+
+def _first_index(bad: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in bad.nonzero()[0])
+
+
+class Likelihood(nn.Module):
+    """Base class: decoder output -> distribution over the features of ``x``.
+
+    :param int input_dim: number of features of ``x``.
+    """
+
+    name: str = ""
+    support_text: str = ""
+    hint: str = ""
+    fill_value: float = 0.0  # a valid value written over missing entries
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.input_dim = int(input_dim)
+
+    @property
+    def output_dim(self) -> int:
+        """Raw decoder outputs this family needs."""
+        return self.input_dim
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def point(self, d: dist.TorchDistribution) -> torch.Tensor:
+        """A point reconstruction: the mean of ``d`` (the mode for categorical)."""
+        return d.mean
+
+    def _in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(x)
+
+    def check(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Raise a clear error if observed entries of ``x`` are NaN or off-support.
+
+        :param torch.Tensor x: data of shape ``(batch, input_dim)``; entries where
+            ``mask`` is False may hold anything, NaN included.
+        :param mask: bool tensor of ``x``'s shape, True where observed.
+        :raises ValueError: on a wrong shape, NaN at an observed entry, or a value
+            outside the support (:class:`SupportError`).
+        """
+        if x.dim() < 1 or x.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"x must have {self.input_dim} features in its last dimension, "
+                f"got shape {tuple(x.shape)}."
+            )
+        check_mask(x, mask)
+        observed = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
+        nan = torch.isnan(x) & observed
+        if nan.any():
+            raise ValueError(
+                f"x has {int(nan.sum())} NaN entries at observed positions (first at "
+                f"{_first_index(nan)}). Try mask=~torch.isnan(x) to mark them missing."
+            )
+        bad = observed & ~self._in_support(x)
+        if bad.any():
+            idx = _first_index(bad)
+            raise SupportError(
+                f"likelihood {self.name!r} needs x in {self.support_text}; found "
+                f"{int(bad.sum())} values outside it, e.g. x{list(idx)} = {x[idx].item():g}."
+                + (f" Try {self.hint}." if self.hint else "")
+            )
+
+
+class _Bernoulli(Likelihood):
+    name = "bernoulli"
+    support_text = "{0, 1}"
+    hint = "likelihood='continuous_bernoulli' for values in [0, 1], or binarise x"
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=raw)
+
+    def _in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return (x == 0) | (x == 1)
+
+
+class _ContinuousBernoulli(Likelihood):
+    name = "continuous_bernoulli"
+    support_text = "[0, 1]"
+    hint = "rescaling x to [0, 1]"
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=raw)
+
+    def _in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return (x >= 0) & (x <= 1)
+
+
+class _LocScale(Likelihood):
+    """Location-scale families: the decoder gives the location; the scale is a
+    fixed number or a learned per-feature parameter."""
+
+    support_text = "the real line (finite values)"
+
+    def __init__(self, input_dim: int, scale: float | Literal["learned"] = "learned") -> None:
+        super().__init__(input_dim)
+        if scale == "learned":
+            self.raw_scale = nn.Parameter(torch.zeros(input_dim))
+            self.fixed_scale = None
+        elif isinstance(scale, (int, float)) and scale > 0:
+            self.raw_scale = None
+            self.fixed_scale = float(scale)
+        else:
+            raise ValueError(f"scale must be 'learned' or a positive number, got {scale!r}.")
+
+    def scale(self) -> torch.Tensor | float:
+        return positive(self.raw_scale) if self.raw_scale is not None else self.fixed_scale
+
+
+class _Normal(_LocScale):
+    name = "normal"
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(raw, self.scale())
+
+
+class _Laplace(_LocScale):
+    name = "laplace"
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Laplace(raw, self.scale())
+
+
+class _StudentT(_LocScale):
+    name = "student_t"
+
+    def __init__(
+        self,
+        input_dim: int,
+        scale: float | Literal["learned"] = "learned",
+        df: float | Literal["learned"] = "learned",
+    ) -> None:
+        super().__init__(input_dim, scale)
+        if df == "learned":
+            # softplus(raw) + 1 starts at df = 4 and keeps a finite mean (df > 1)
+            self.raw_df = nn.Parameter(torch.full((input_dim,), 2.94))
+            self.fixed_df = None
+        elif isinstance(df, (int, float)) and df > 0:
+            self.raw_df, self.fixed_df = None, float(df)
+        else:
+            raise ValueError(f"df must be 'learned' or a positive number, got {df!r}.")
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        df = positive(self.raw_df, 1.0) if self.raw_df is not None else self.fixed_df
+        return dist.StudentT(df, raw, self.scale())
+
+    def point(self, d: dist.TorchDistribution) -> torch.Tensor:
+        return d.loc.expand(d.batch_shape)
+
+
+def _is_count(x: torch.Tensor) -> torch.Tensor:
+    return (x >= 0) & (x == torch.floor(x)) & torch.isfinite(x)
+
+
+class _Poisson(Likelihood):
+    name = "poisson"
+    support_text = "the non-negative integers"
+    hint = "likelihood='normal' for real-valued data"
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Poisson(positive(raw))
+
+    _in_support = staticmethod(_is_count)
+
+
+class _NegativeBinomial(Likelihood):
+    """Negative binomial with a learned per-feature ``total_count`` (dispersion);
+    the decoder gives the logits of the success probability."""
+
+    name = "negative_binomial"
+    support_text = "the non-negative integers"
+    hint = "likelihood='normal' for real-valued data"
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__(input_dim)
+        self.raw_total_count = nn.Parameter(torch.zeros(input_dim))
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return dist.NegativeBinomial(positive(self.raw_total_count), logits=raw)
+
+    _in_support = staticmethod(_is_count)
+
+
+class _Categorical(Likelihood):
+    """Integer-coded features, feature ``j`` taking values ``0..cardinalities[j]-1``.
+
+    The decoder gives ``sum(cardinalities)`` logits; they are laid out in a
+    ``(..., input_dim, max_cardinality)`` tensor with impossible categories
+    padded by a large negative logit.
+    """
+
+    name = "categorical"
+    hint = "integer-coding each feature as 0..cardinality-1"
+
+    def __init__(self, input_dim: int, cardinalities: Sequence[int] | None = None) -> None:
+        super().__init__(input_dim)
+        if cardinalities is None or len(cardinalities) != input_dim or min(cardinalities) < 2:
+            raise ValueError(
+                f"likelihood 'categorical' needs cardinalities: a list of {input_dim} "
+                f"integers >= 2 (one per feature), got {cardinalities!r}."
+            )
+        cards = torch.as_tensor(list(cardinalities), dtype=torch.long)
+        width = int(cards.max())
+        self.support_text = f"integers 0..cardinality-1 (cardinalities {list(cardinalities)})"
+        valid = torch.arange(width).expand(input_dim, width) < cards[:, None]
+        self.register_buffer("cardinalities", cards, persistent=False)
+        self.register_buffer("_slot", valid.flatten().nonzero().squeeze(-1), persistent=False)
+        self._width = width
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.cardinalities.sum())
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        flat = raw.new_full((*raw.shape[:-1], self.input_dim * self._width), -1e9)
+        flat = flat.index_copy(-1, self._slot, raw)
+        return dist.Categorical(logits=flat.unflatten(-1, (self.input_dim, self._width)))
+
+    def point(self, d: dist.TorchDistribution) -> torch.Tensor:
+        return d.probs.argmax(-1).to(torch.get_default_dtype())
+
+    def _in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return _is_count(x) & (x < self.cardinalities.to(x.dtype))
+
+
+LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {
+    cls.name: cls
+    for cls in (
+        _Bernoulli,
+        _ContinuousBernoulli,
+        _Normal,
+        _Laplace,
+        _StudentT,
+        _Poisson,
+        _NegativeBinomial,
+        _Categorical,
+    )
+}
+
+
+def make_likelihood(name: LikelihoodName | Likelihood, input_dim: int, **kwargs) -> Likelihood:
+    """Build the observation family ``name`` for ``input_dim`` features.
+
+    :param str name: one of ``LIKELIHOODS`` (bernoulli, continuous_bernoulli,
+        normal, laplace, student_t, poisson, negative_binomial, categorical), or
+        a ready :class:`Likelihood`, returned as is.
+    :param int input_dim: features of ``x``.
+    :param kwargs: family options: ``scale`` ("learned" or a number) for normal,
+        laplace and student_t; ``df`` for student_t; ``cardinalities`` for
+        categorical.
+    """
+    if isinstance(name, Likelihood):
+        return name
+    if name not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {name!r}.")
+    try:
+        return LIKELIHOODS[name](input_dim, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"likelihood {name!r}: {err}") from None

@@ -1,0 +1,77 @@
+"""Network builders and distribution heads shared by every pvae model."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Activation = Literal["relu", "tanh", "elu", "softplus", "gelu", "silu"]
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+MIN_SCALE = 1e-4
+
+__all__ = ["Activation", "NormalHead", "mlp", "positive"]
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}."
+        )
+    return _ACTIVATIONS[name]()
+
+
+def mlp(
+    in_dim: int,
+    hidden_dims: Sequence[int],
+    out_dim: int | None = None,
+    activation: Activation = "relu",
+) -> nn.Sequential:
+    """A multilayer perceptron ``in_dim -> hidden_dims... -> out_dim``.
+
+    Hidden layers are followed by ``activation``; the output layer (if
+    ``out_dim`` is given) is linear.
+
+    :param int in_dim: input features.
+    :param hidden_dims: widths of the hidden layers (may be empty).
+    :param out_dim: width of a final linear layer, or None for none.
+    :param str activation: one of relu, tanh, elu, softplus, gelu, silu.
+    """
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden_dims:
+        layers += [nn.Linear(width, int(h)), _activation(activation)]
+        width = int(h)
+    if out_dim is not None:
+        layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def positive(raw: torch.Tensor, min_value: float = MIN_SCALE) -> torch.Tensor:
+    """Map an unconstrained tensor to ``(min_value, inf)`` by softplus."""
+    return F.softplus(raw) + min_value
+
+
+class NormalHead(nn.Module):
+    """Linear head giving the ``loc`` and ``scale`` of a diagonal Normal.
+
+    :param int in_dim: input features.
+    :param int out_dim: dimension of the Normal.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 2 * out_dim)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.linear(h).chunk(2, dim=-1)
+        return loc, positive(raw_scale)
