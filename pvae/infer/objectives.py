@@ -24,15 +24,19 @@ class StepTerms:
 
     :ivar torch.Tensor loss: scalar to minimise (carries gradients), summed over
         the batch and averaged over particles.
-    :ivar torch.Tensor elbo: batch total of the ELBO (detached).
     :ivar torch.Tensor reconstruction: batch total of E_q log p(x | z) (detached).
-    :ivar torch.Tensor kl: batch total of the rate, E_q[log q(z|x) - log p(z)] (detached).
+    :ivar torch.Tensor kl: batch total of the rate, E_q[log q(z|x) - log p(z)]
+        (detached), with beta = 1 and no warm-up weight.
     """
 
     loss: torch.Tensor
-    elbo: torch.Tensor
     reconstruction: torch.Tensor
     kl: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """Batch total of the ELBO, ``reconstruction - kl``."""
+        return self.reconstruction - self.kl
 
 
 class Objective:
@@ -93,16 +97,28 @@ def _site_sum(site: dict) -> torch.Tensor:
     return lp.sum()
 
 
+def _scaled(scale: Any, value: torch.Tensor) -> torch.Tensor:
+    return value if isinstance(scale, float) and scale == 1.0 else scale * value
+
+
 def _elbo_terms_from_traces(model_trace: Any, guide_trace: Any, kl_weight: float, num_particles: int) -> StepTerms:
-    rec = rec_scaled = kl = kl_scaled = 0.0
+    """Sum the traces into the loss and the detached reconstruction / KL totals.
+
+    Scales of 1 and a KL weight of 1 cost no tensor operation: this runs once
+    per training step.
+    """
+    rec: list[torch.Tensor] = []
+    rec_scaled: list[torch.Tensor] = []
+    kl: list[torch.Tensor] = []
+    kl_scaled: list[torch.Tensor] = []
     guide_nodes = guide_trace.nodes
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         lp = _site_sum(site)
         if site["is_observed"]:
-            rec = rec + lp
-            rec_scaled = rec_scaled + site["scale"] * lp
+            rec.append(lp)
+            rec_scaled.append(_scaled(site["scale"], lp))
             continue
         q = guide_nodes.get(name)
         if q is None:
@@ -111,15 +127,29 @@ def _elbo_terms_from_traces(model_trace: Any, guide_trace: Any, kl_weight: float
                 f"Try adding pyro.sample({name!r}, ...) to the guide."
             )
         lq = _site_sum(q)
-        kl = kl + (lq - lp)
-        kl_scaled = kl_scaled + (q["scale"] * lq - site["scale"] * lp)
-    loss = -(rec_scaled - kl_weight * kl_scaled) / num_particles
-    rec, kl = _detached(rec) / num_particles, _detached(kl) / num_particles
-    return StepTerms(loss, rec - kl, rec, kl)
+        kl.append(lq - lp)
+        scaled_p, scaled_q = _scaled(site["scale"], lp), _scaled(q["scale"], lq)
+        kl_scaled.append(kl[-1] if scaled_p is lp and scaled_q is lq else scaled_q - scaled_p)
+    if not rec:
+        raise ValueError("the model has no observed sample site: nothing to fit. Pass the data as obs=.")
+    total_kl_scaled = _total(kl_scaled, rec[0])
+    if kl_weight != 1.0:
+        total_kl_scaled = kl_weight * total_kl_scaled
+    loss = total_kl_scaled - _total(rec_scaled, rec[0])
+    with torch.no_grad():
+        rec_total, kl_total = _total(rec, rec[0]), _total(kl, rec[0])
+    if num_particles != 1:
+        loss, rec_total, kl_total = loss / num_particles, rec_total / num_particles, kl_total / num_particles
+    return StepTerms(loss, rec_total, kl_total)
 
 
-def _detached(t: Any) -> torch.Tensor:
-    return t.detach() if isinstance(t, torch.Tensor) else torch.tensor(float(t))
+def _total(terms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    if not terms:
+        return like.new_zeros(())
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
 
 
 def make_objective(objective: str | Objective = "elbo", **kwargs: Any) -> Objective:

@@ -51,6 +51,8 @@ class SiteLogProbs:
     :ivar dict guide_scales: likewise for guide sites.
     :ivar model_trace: the model's ``pyro.poutine.Trace``.
     :ivar guide_trace: the guide's ``pyro.poutine.Trace``.
+    :ivar int particle_dim: the (negative) batch dim of the particle plate.
+    :ivar int data_dim: the (negative) batch dim of the data plate.
     """
 
     log_p: dict[str, torch.Tensor]
@@ -61,6 +63,8 @@ class SiteLogProbs:
     guide_scales: dict[str, Any] = field(repr=False)
     model_trace: Any = field(repr=False)
     guide_trace: Any = field(repr=False)
+    particle_dim: int | None = field(default=None, repr=False)
+    data_dim: int | None = field(default=None, repr=False)
 
     @property
     def log_likelihood(self) -> torch.Tensor:
@@ -81,6 +85,26 @@ class SiteLogProbs:
     def log_weight(self) -> torch.Tensor:
         """Importance log-weights :math:`\\log p(x, z) - \\log q(z \\mid x)`: ``(K, batch)``."""
         return self.log_likelihood + self.log_prior - self.log_guide
+
+    def per_datum(self, name: str, tensor: torch.Tensor, event_dim: int = 0, guide: bool = False) -> torch.Tensor:
+        """Reduce a tensor shaped like site ``name``'s ``log_prob`` the way log-densities are.
+
+        Applies the site's mask and sums every batch dim but the particle and
+        data dims; e.g. an analytic KL of the site's guide and prior
+        distributions becomes ``(K, batch)``. With ``event_dim > 0`` the last
+        ``event_dim`` dims of ``tensor`` are kept, flattened, on the right:
+        ``(K, batch, E)``.
+
+        :param str name: a sample site of the run.
+        :param torch.Tensor tensor: site batch shape (plus ``event_dim`` dims).
+        :param int event_dim: trailing dims to keep. Default 0.
+        :param bool guide: take the mask from the guide's site. Default False.
+        """
+        site = (self.guide_trace if guide else self.model_trace).nodes[name]
+        num_particles, batch = next(iter(self.log_p.values())).shape
+        return _reduce_per_datum(
+            tensor, site["mask"], name, self.particle_dim, self.data_dim, num_particles, batch, event_dim
+        )
 
 
 def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -180,24 +204,44 @@ def find_data_plate(model_trace, data_plate: str | None = None) -> tuple[str, in
 
 
 def _per_datum(site: dict, particle_dim: int, data_dim: int | None, num_particles: int, batch: int) -> torch.Tensor:
-    fn, value = site["fn"], site["value"]
-    lp = fn.log_prob(value)
-    if site["mask"] is not None:
-        lp = torch.where(site["mask"], lp, lp.new_zeros(()))
+    lp = site["fn"].log_prob(site["value"])
+    return _reduce_per_datum(lp, site["mask"], site["name"], particle_dim, data_dim, num_particles, batch)
+
+
+def _reduce_per_datum(
+    lp: torch.Tensor,
+    mask: torch.Tensor | None,
+    name: str,
+    particle_dim: int,
+    data_dim: int | None,
+    num_particles: int,
+    batch: int,
+    event_dim: int = 0,
+) -> torch.Tensor:
+    if event_dim:
+        lp = lp.flatten(-event_dim) if event_dim > 1 else lp
+        if mask is not None:
+            lp = torch.where(torch.as_tensor(mask).unsqueeze(-1), lp, lp.new_zeros(()))
+        lp = lp.movedim(-1, 0)  # (E, *batch_shape)
+    else:
+        if mask is not None:
+            lp = torch.where(torch.as_tensor(mask), lp, lp.new_zeros(()))
+        lp = lp.unsqueeze(0)
     ndim = -particle_dim
-    if lp.dim() > ndim:
+    if lp.dim() - 1 > ndim:
         raise ValueError(
-            f"site {site['name']!r} has log_prob shape {tuple(lp.shape)}, with dims left of "
+            f"site {name!r} has log_prob shape {tuple(lp.shape[1:])}, with dims left of "
             "every plate (enumerated or unplated batch dims). Declare them with pyro.plate "
             "or .to_event()."
         )
-    lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
-    keep = {0} | ({ndim + data_dim} if data_dim is not None else set())
-    drop = [d for d in range(ndim) if d not in keep]
+    lp = lp.reshape(lp.shape[:1] + (1,) * (ndim + 1 - lp.dim()) + tuple(lp.shape[1:]))
+    keep = {1} | ({1 + ndim + data_dim} if data_dim is not None else set())
+    drop = [d for d in range(1, ndim + 1) if d not in keep]
     if drop:
         lp = lp.sum(drop, keepdim=True)
-    lp = lp.reshape(lp.shape[0], -1)
-    return lp.expand(num_particles, batch if data_dim is not None else lp.shape[1])
+    lp = lp.reshape(lp.shape[0], lp.shape[1], -1)
+    lp = lp.expand(lp.shape[0], num_particles, batch if data_dim is not None else lp.shape[2])
+    return lp.movedim(0, -1) if event_dim else lp[0]
 
 
 def site_log_probs(
@@ -262,5 +306,6 @@ def site_log_probs(
     if extra:
         raise ValueError(f"guide sites {extra} do not appear in the model.")
     return SiteLogProbs(
-        log_p, log_q, tuple(observed), tuple(latent), scales, guide_scales, model_trace, guide_trace
+        log_p, log_q, tuple(observed), tuple(latent), scales, guide_scales, model_trace, guide_trace,
+        particle_dim=particle_dim, data_dim=data_dim,
     )

@@ -10,7 +10,7 @@ index permutation, never through a ``DataLoader``.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import random
@@ -32,6 +32,8 @@ __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load
 
 CHECKPOINT_FORMAT = "pvae-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
+_CHECKPOINT_KEYS = ("program", "epoch", "state", "optimizer", "history", "best_epoch", "best_val",
+                    "bad_epochs", "best_state", "rng")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -145,17 +147,24 @@ def _collect_params(program: Program, args: tuple) -> list[torch.Tensor]:
 
 
 def _snapshot(program: Program, params: Sequence[torch.Tensor]) -> dict[str, Any]:
-    state: dict[str, Any] = {"params": [p.detach().clone() for p in params]}
+    """A copy of every trained tensor: the module's state (parameters and
+    buffers) plus the ``pyro.param`` tensors that are not the module's."""
+    state: dict[str, Any] = {}
+    own: set[int] = set()
     if isinstance(program, torch.nn.Module):
-        state["module"] = copy.deepcopy(program.state_dict())
+        state["module"] = {k: v.detach().clone() for k, v in program.state_dict().items()}
+        own = {id(p) for p in program.parameters()}
+    state["params"] = [p.detach().clone() for p in params if id(p) not in own]
     return state
 
 
 def _restore(program: Program, params: Sequence[torch.Tensor], state: dict[str, Any]) -> None:
+    own: set[int] = set()
     with torch.no_grad():
         if "module" in state and isinstance(program, torch.nn.Module):
             program.load_state_dict(state["module"])
-        for p, saved in zip(params, state["params"]):
+            own = {id(p) for p in program.parameters()}
+        for p, saved in zip([p for p in params if id(p) not in own], state["params"]):
             p.copy_(saved)
 
 
@@ -203,15 +212,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pvae checkpoint (no '{CHECKPOINT_FORMAT}' format tag).")
+    missing = sorted(set(_CHECKPOINT_KEYS) - set(ckpt))
+    if missing or not isinstance(ckpt["state"], dict) or "params" not in ckpt["state"]:
+        raise CheckpointError(f"{path} is an incomplete pvae checkpoint (missing {missing or ['state.params']}).")
     return ckpt
 
 
 def _check_compatible(ckpt: dict, program: Program, params: Sequence[torch.Tensor], path: Path) -> None:
-    shapes = [tuple(p.shape) for p in ckpt["state"]["params"]]
-    if ckpt.get("program") != type(program).__name__ or shapes != [tuple(p.shape) for p in params]:
+    def shapes(state: dict) -> dict[str, tuple]:
+        out = {f"params.{i}": tuple(p.shape) for i, p in enumerate(state["params"])}
+        out.update({k: tuple(v.shape) for k, v in state.get("module", {}).items()})
+        return out
+
+    saved, current = shapes(ckpt["state"]), shapes(_snapshot(program, params))
+    if ckpt.get("program") != type(program).__name__ or saved != current:
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise CheckpointError(
-            f"{path} was written for a {ckpt.get('program')} with parameter shapes {shapes[:3]}..., "
-            f"not this {type(program).__name__}. Try another checkpoint_dir, or resume=False."
+            f"{path} was written for a {ckpt.get('program')} that differs from this "
+            f"{type(program).__name__} (e.g. at {diff[:3]}: saved {[saved.get(k) for k in diff[:3]]}, "
+            f"now {[current.get(k) for k in diff[:3]]}). Try another checkpoint_dir, or resume=False."
         )
 
 
@@ -272,6 +291,7 @@ def fit(
     progress: bool | None = None,
     device: str | torch.device | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
+    divergence_factor: float | None = 1e3,
 ) -> FitResult:
     """Fit a program's parameters by stochastic variational inference.
 
@@ -315,9 +335,12 @@ def fit(
         on a terminal and outside CI.
     :param device: move the program and tensor data there.
     :param callback: called with each epoch's history row.
+    :param float divergence_factor: a loss per datum above this multiple of
+        ``|first loss| + 1`` counts as divergence, as does NaN or inf (None: only
+        NaN or inf). Default 1000.
     :returns: a :class:`FitResult`.
-    :raises TrainingDivergedError: on a NaN or infinite loss, naming the epoch
-        and step; parameters are restored to the last good epoch and the last
+    :raises TrainingDivergedError: on a diverging loss, naming the epoch and
+        step; parameters are restored to the last good epoch and the last
         checkpoint is left intact.
     """
     program = as_program(program)
@@ -353,6 +376,8 @@ def fit(
         pyro.set_rng_seed(seed)
     first = next(_batches(tensors, loader, batch_size, False, device))
     params = _collect_params(program, first)
+    with pyro.validation_enabled(True), torch.no_grad():
+        objective(program.model, program.guide, first, {}, 1.0)  # Pyro's checks, once
     if not params:
         raise ValueError("the program has no trainable parameters: nothing to fit.")
     optimizer = _adam(params, learning_rate, weight_decay)
@@ -361,6 +386,7 @@ def fit(
     start_epoch, best_epoch, best_val, bad_epochs = 0, -1, -math.inf, 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     best_state = None
+    reference: float | None = None  # |first loss| + 1, the scale divergence is judged against
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
@@ -368,6 +394,10 @@ def fit(
             _check_compatible(ckpt, program, params, ckpt_path)
             _restore(program, params, ckpt["state"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            for group in optimizer.param_groups:  # this call's settings win over the saved ones
+                group["lr"], group["weight_decay"] = learning_rate, weight_decay
+            best_state = ckpt["best_state"]
+            reference = ckpt.get("reference")
             history = [dict(h) for h in ckpt["history"]]
             start_epoch = int(ckpt["epoch"]) + 1
             best_epoch, best_val, bad_epochs = ckpt["best_epoch"], ckpt["best_val"], ckpt["bad_epochs"]
@@ -377,33 +407,32 @@ def fit(
     steps = _num_steps(tensors, loader, batch_size)
     bar = _progress(progress, None if steps is None else steps * (num_epochs - start_epoch), "pvae.fit")
     stopped_early = False
-    validated = False
-    train_mode = getattr(program, "train", None)
-    try:
+    is_module = isinstance(program, torch.nn.Module)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(pyro.validation_enabled(False))  # checked once above
+        if bar is not None:
+            stack.callback(bar.close)
         for epoch in range(start_epoch, num_epochs):
-            if callable(train_mode) and isinstance(program, torch.nn.Module):
+            if is_module:
                 program.train()
             tick = time.perf_counter()
-            totals = torch.zeros(4)
+            sums: list[tuple[torch.Tensor, ...]] = []  # per step, reduced once per epoch
             n_seen = 0
             kl_weight = schedule(float(epoch))
             for step, batch in enumerate(_batches(tensors, loader, batch_size, True, device)):
                 if steps is not None:
                     kl_weight = schedule(epoch + step / steps)
-                with pyro.validation_enabled(not validated):
-                    terms = objective(program.model, program.guide, batch, {}, kl_weight)
-                validated = True
+                terms = objective(program.model, program.guide, batch, {}, kl_weight)
                 b = batch[0].shape[0]
                 loss = terms.loss / b
-                if not torch.isfinite(loss):
+                value = loss.item()
+                if reference is None:
+                    reference = abs(value) + 1.0
+                if not math.isfinite(value) or (divergence_factor is not None and value > divergence_factor * reference):
                     _restore(program, params, good_state)
                     result = FitResult(program, tuple(history), best_epoch, False, _str(ckpt_path))
-                    last = f"; the last good checkpoint {ckpt_path} is intact" if ckpt_path and ckpt_path.exists() else ""
                     raise TrainingDivergedError(
-                        f"training diverged: the loss became {loss.item()} at epoch {epoch} "
-                        f"step {step} (learning_rate={learning_rate:g}). The parameters were "
-                        f"restored to the end of epoch {epoch - 1}{last}. Try a smaller "
-                        "learning_rate, clip_norm=..., or check the data for extreme values.",
+                        _divergence_message(value, reference, divergence_factor, epoch, step, learning_rate, ckpt_path),
                         result,
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -411,28 +440,26 @@ def fit(
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 optimizer.step()
-                totals += torch.stack([terms.loss.detach(), terms.elbo, terms.reconstruction, terms.kl]).cpu()
+                sums.append((terms.loss.detach(), terms.reconstruction, terms.kl))
                 n_seen += b
                 if bar is not None:
                     bar.update(1)
                     if step % 20 == 0:
                         bar.set_postfix(epoch=epoch, elbo=f"{terms.elbo.item() / b:.2f}", refresh=False)
-            loss_m, elbo_m, rec_m, kl_m = (totals / n_seen).tolist()
+            loss_m, rec_m, kl_m = (torch.stack([torch.stack(c) for c in zip(*sums)]).sum(-1) / n_seen).tolist()
             row = {
                 "epoch": epoch,
                 "loss": loss_m,
-                "elbo": elbo_m,
+                "elbo": rec_m - kl_m,
                 "reconstruction": rec_m,
                 "kl": kl_m,
                 "kl_weight": float(kl_weight),
-                "seconds": time.perf_counter() - tick,
             }
             improved = True
             if val_tensors is not None or val_loader is not None:
-                if isinstance(program, torch.nn.Module):
+                if is_module:
                     program.eval()
-                with pyro.validation_enabled(False):
-                    val = _evaluate(program, objective, val_tensors, val_loader, max(batch_size, 1024), device)
+                val = _evaluate(program, objective, val_tensors, val_loader, max(batch_size, 1024), device)
                 row.update({f"val_{k}": v for k, v in val.items()})
                 improved = val["elbo"] > best_val
                 if improved:
@@ -443,8 +470,9 @@ def fit(
                     best_state = _snapshot(program, params)
             else:
                 bad_epochs += 1
-            history.append(row)
             good_state = _snapshot(program, params)
+            row["seconds"] = time.perf_counter() - tick  # steps, validation and bookkeeping
+            history.append(row)
             if ckpt_path is not None:
                 _atomic_save(
                     {
@@ -457,6 +485,8 @@ def fit(
                         "best_epoch": best_epoch,
                         "best_val": best_val,
                         "bad_epochs": bad_epochs,
+                        "best_state": best_state,
+                        "reference": reference,
                         "rng": _rng_state(),
                     },
                     ckpt_path,
@@ -466,14 +496,23 @@ def fit(
             if patience is not None and bad_epochs >= patience:
                 stopped_early = True
                 break
-    finally:
-        if bar is not None:
-            bar.close()
     if stopped_early and restore_best and best_state is not None:
         _restore(program, params, best_state)
-    if isinstance(program, torch.nn.Module):
+    if is_module:
         program.eval()
     return FitResult(program, tuple(history), best_epoch, stopped_early, _str(ckpt_path))
+
+
+def _divergence_message(value: float, reference: float, factor: float | None, epoch: int, step: int,
+                        learning_rate: float, ckpt_path: Path | None) -> str:
+    why = "became" if not math.isfinite(value) else f"exceeded {factor:g}x its first value ({reference - 1:.4g}):"
+    where = "their values before training" if epoch == 0 else f"the end of epoch {epoch - 1}"
+    kept = f"; the last good checkpoint {ckpt_path} is intact" if ckpt_path is not None and ckpt_path.exists() else ""
+    return (
+        f"training diverged: the loss per datum {why} {value:.4g} at epoch {epoch} step {step} "
+        f"(learning_rate={learning_rate:g}). The parameters were restored to {where}{kept}. "
+        "Try a smaller learning_rate, clip_norm=..., or check the data for extreme values."
+    )
 
 
 def _str(path: Path | None) -> str | None:

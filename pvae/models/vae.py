@@ -89,12 +89,12 @@ class VAE(PyroModule):
         self.encoder_body = mlp(self.input_dim, hidden_dims, activation=activation)
         self.encoder_head = NormalHead(hidden_dims[-1] if hidden_dims else self.input_dim, self.latent_dim)
         self.decoder = mlp(self.latent_dim, dec_hidden, self.likelihood.output_dim, activation=activation)
-        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
+        self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
 
     # -- the program ---------------------------------------------------------
     def _prior(self) -> dist.TorchDistribution:
-        zero = self._zero.expand(self.latent_dim)
-        return dist.Normal(zero, zero + 1.0).to_event(1)
+        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
     def _observed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:

@@ -1,0 +1,239 @@
+"""Figures of a fitted program: training curves, reconstructions, samples, latents.
+
+Every helper takes tensors (or a fit's history) and a path, writes one PNG and
+returns the path. Figures are drawn on matplotlib's Agg canvas through the
+object-oriented API: nothing here touches ``pyplot``'s global state or the
+user's chosen backend, opens a window, or keeps a figure alive after saving.
+
+Images: ``image_shape`` such as ``(8, 8)`` or ``(28, 28)`` reshapes each row of
+features into a picture; with ``image_shape=None`` each data point is drawn as
+a one-row heatmap of its features instead, so the same helpers serve tabular
+data. Values in [0, 1] are drawn dark-on-light (``gray_r``) on a fixed [0, 1]
+scale; anything else with ``viridis`` on the shared range of the grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_image",
+    "plot_latent_map",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_training_curves",
+]
+
+PathLike = str | os.PathLike
+_DPI = 100
+
+
+# -- shared plumbing ---------------------------------------------------------------
+def _numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(x).__name__}.") from None
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def _as_rows(x: Any, name: str, image_shape: Sequence[int] | None) -> np.ndarray:
+    """Data points as a ``(n, d)`` array whose ``d`` fits ``image_shape``."""
+    arr = _numpy(x, name)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    arr = arr.reshape(len(arr), -1)
+    if image_shape is not None and math.prod(image_shape) != arr.shape[1]:
+        raise ValueError(
+            f"image_shape {tuple(image_shape)} holds {math.prod(image_shape)} pixels but {name} has "
+            f"{arr.shape[1]} features per data point. Try image_shape=None for a heatmap of the features."
+        )
+    return arr
+
+
+def _image_grid(
+    rows: Sequence[np.ndarray],
+    image_shape: Sequence[int] | None,
+    path: PathLike,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw ``rows`` (each ``(n_cols, d)``) as a grid of images or 1-row heatmaps.
+
+    All cells share one colour scale, so inputs and reconstructions compare.
+    """
+    n_rows = len(rows)
+    n_cols = max(len(r) for r in rows)
+    finite = np.concatenate([r[np.isfinite(r)] for r in rows]) if rows else np.zeros(1)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    unit = lo >= 0.0 and hi <= 1.0
+    cmap, vmin, vmax = ("gray_r", 0.0, 1.0) if unit else ("viridis", lo, hi)
+    if image_shape is not None:
+        shape = tuple(int(s) for s in image_shape)
+        cell_w = cell_h = 1.0 if n_rows * n_cols > 1 else 2.0
+    else:
+        shape = None
+        cell_w, cell_h = max(1.5, rows[0].shape[1] / 16.0), 0.4
+    fig = _figure(cell_w * n_cols + (1.2 if row_labels else 0.2), cell_h * n_rows + (0.5 if title else 0.1))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(row):
+                ax.set_axis_off()
+                continue
+            cell = row[j].reshape(shape) if shape is not None else row[j][None, :]
+            ax.imshow(cell, cmap=cmap, vmin=vmin, vmax=vmax, aspect="equal" if shape else "auto",
+                      interpolation="nearest")
+        if row_labels:
+            axes[i][0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+# -- public figures ----------------------------------------------------------------
+def plot_training_curves(history: Any, path: PathLike) -> Path:
+    """Plot the ELBO, reconstruction and KL terms per epoch, train and validation.
+
+    :param history: :attr:`pvae.FitResult.history` (a sequence of dicts with
+        ``epoch``, ``elbo``, ``reconstruction``, ``kl`` and optionally
+        ``val_elbo``, ``val_reconstruction``, ``val_kl``), or a ``FitResult``.
+    :param path: where to write the PNG.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    :raises ValueError: if ``history`` is empty.
+    """
+    rows: Sequence[Mapping[str, float]] = getattr(history, "history", history)
+    if not rows:
+        raise ValueError("history is empty: there is no epoch to plot. Try fitting for at least one epoch.")
+    epochs = [r.get("epoch", i) for i, r in enumerate(rows)]
+    panels = (("elbo", "ELBO"), ("reconstruction", "reconstruction E[log p(x|z)]"), ("kl", "KL(q(z|x) || p(z))"))
+    fig = _figure(12.0, 3.2)
+    axes = fig.subplots(1, len(panels))
+    for ax, (key, label) in zip(axes, panels):
+        for prefix, name, style in (("", "train", "-"), ("val_", "validation", "--")):
+            values = [r.get(prefix + key, math.nan) for r in rows]
+            if not all(math.isnan(v) for v in values):
+                ax.plot(epochs, values, style, marker="." if len(rows) < 30 else None, label=name)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per datum")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reconstructions(
+    x: Any, x_hat: Any, image_shape: Sequence[int] | None, path: PathLike, n: int = 10
+) -> Path:
+    """Draw the first ``n`` inputs (top row) above their reconstructions (bottom row).
+
+    :param x: inputs of shape ``(batch, d)``.
+    :param x_hat: reconstructions of the same shape, e.g. ``vae.reconstruct(x)``.
+    :param image_shape: e.g. ``(8, 8)``; None draws 1-row heatmaps.
+    :param path: where to write the PNG.
+    :param int n: number of data points shown. Default 10.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    x, x_hat = _as_rows(x, "x", image_shape), _as_rows(x_hat, "x_hat", image_shape)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {x.shape} and {x_hat.shape}.")
+    return _image_grid([x[:n], x_hat[:n]], image_shape, path, row_labels=["input", "reconstruction"])
+
+
+def plot_samples(samples: Any, image_shape: Sequence[int] | None, path: PathLike, title: str | None = None) -> Path:
+    """Draw samples (e.g. ``vae.sample(64, mean=True)``) in a near-square grid.
+
+    :param samples: tensor of shape ``(num_samples, d)``.
+    :param image_shape: e.g. ``(8, 8)``; None draws 1-row heatmaps, one per row.
+    :param path: where to write the PNG.
+    :param str title: optional figure title.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    s = _as_rows(samples, "samples", image_shape)
+    cols = math.ceil(math.sqrt(len(s))) if image_shape is not None else 1
+    return _image_grid([s[i : i + cols] for i in range(0, len(s), cols)], image_shape, path, title=title)
+
+
+def plot_image(img: Any, image_shape: Sequence[int] | None, path: PathLike, title: str | None = None) -> Path:
+    """Draw one image, such as the prototype ``vae.decode(torch.zeros(latent_dim)).mean``.
+
+    :param img: tensor of shape ``(d,)`` or ``(1, d)``.
+    :param image_shape: e.g. ``(8, 8)``; None draws a 1-row heatmap.
+    :param path: where to write the PNG.
+    :param str title: figure title.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    return _image_grid([_as_rows(img, "img", image_shape)[:1]], image_shape, path, title=title)
+
+
+def plot_latent_map(z_loc: Any, labels: Any, path: PathLike, title: str | None = None) -> Path:
+    """Scatter the encoder means of the data in 2-D, coloured by label.
+
+    With ``latent_dim > 2`` the means are projected on their first two
+    principal components (scikit-learn's PCA), with the explained variance in
+    the axis labels; with ``latent_dim == 1`` the second axis is the label.
+
+    :param z_loc: encoder means, shape ``(batch, latent_dim)``, e.g.
+        ``vae.encode(x)[0]``.
+    :param labels: integer labels of shape ``(batch,)``, or None for one colour.
+    :param path: where to write the PNG.
+    :param str title: optional axes title.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    z = _as_rows(z_loc, "z_loc", None)
+    y = None if labels is None else _numpy(labels, "labels").reshape(-1)
+    if y is not None and len(y) != len(z):
+        raise ValueError(f"labels must have one entry per row of z_loc ({len(z)}), got {len(y)}.")
+    if z.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(z)
+        xy = pca.transform(z)
+        axis = [f"PC{i + 1} ({100 * r:.0f}% of variance)" for i, r in enumerate(pca.explained_variance_ratio_)]
+    elif z.shape[1] == 2:
+        xy, axis = z, ["z[0]", "z[1]"]
+    else:
+        second = y if y is not None else np.zeros(len(z))
+        xy, axis = np.column_stack([z[:, 0], second]), ["z[0]", "label"]
+    fig = _figure(5.5, 4.5)
+    ax = fig.subplots()
+    if y is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
+    else:
+        classes = np.unique(y)
+        cmap = "tab10" if len(classes) <= 10 else "viridis"
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap=cmap, s=6, alpha=0.8)
+        if len(classes) <= 20:
+            handles, names = points.legend_elements(num=list(classes))
+            ax.legend(handles, names, title="label", fontsize=7, title_fontsize=8, loc="best", markerscale=0.8)
+        else:
+            fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel(axis[0])
+    ax.set_ylabel(axis[1])
+    ax.set_title(title or f"encoder means ({z.shape[1]}-D latent)", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,46 @@
+"""Shared fixtures for the pvae test suite.
+
+Every test starts from the same state: an empty Pyro param store, seed 0 for
+Pyro / torch / numpy / random, and Pyro's validation switched on (so that bad
+distributions or shapes raise rather than silently broadcast).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import pyro.infer
+import pytest
+import torch
+
+# Small tensors only: more threads make CPU tests slower, not faster, and the
+# suite runs beside other processes.
+torch.set_num_threads(2)
+
+# The repository is cloned at some directory X; the shared data folder sits
+# beside it, at X/../shared/data.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    """Clear the param store, seed everything with 0, enable Pyro validation."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    previous = pyro.infer.is_validation_enabled()
+    pyro.enable_validation(True)
+    yield
+    pyro.enable_validation(previous)
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path of the shared data folder (MNIST IDX, IHDP CSV, ...); skips if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(
+            f"shared data folder not found at {SHARED_DATA} (expected beside the "
+            "repository clone, as ../shared/data)"
+        )
+    return SHARED_DATA
