@@ -421,6 +421,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         plot_training_curves,
     )
 
+    if args.threads is None:
+        # the demo's small networks run as fast on one thread as on two, and a
+        # second thread spinning on a busy CPU slows training several-fold
+        torch.set_num_threads(1)
     opts = _DEMO
     if args.epochs is not None:
         opts = replace(opts, epochs=args.epochs)
@@ -492,6 +496,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     common.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    common.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU threads for torch. Default: torch's choice (demo: 1)")
     data_help = "digits (scikit-learn's 8x8 digits), mnist:PATH (folder of MNIST IDX files), or csv:PATH " \
                 "(numeric CSV, optional header, empty/NaN cells = missing)"
 
@@ -571,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version
         return done.code if isinstance(done.code, int) else 0
     run: Callable[[argparse.Namespace], int] = args.run
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         return run(args)
     except TrainingDivergedError as err:  # a RuntimeError: checked before the rest

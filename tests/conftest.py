@@ -16,7 +16,7 @@ import torch
 
 # Small tensors only: more threads make CPU tests slower, not faster, and the
 # suite runs beside other processes.
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 # The repository is cloned at some directory X; the shared data folder sits
 # beside it, at X/../shared/data.
