@@ -51,7 +51,7 @@ from pyro import poutine
 from pyro.distributions.transforms.planar import ConditionedPlanar
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to, constraints
+from torch.distributions import constraints, transform_to
 
 from .traces import find_data_plate, guess_max_plate_nesting, site_log_probs, trace_pair
 
@@ -73,11 +73,11 @@ class _FreeSite:
         self.constraint_of = constraint_of
 
     def distribution(self):
-        return self.build({k: biject_to(self.constraint_of[k])(u) for k, u in self.params.items()})
+        return self.build({k: transform_to(self.constraint_of[k])(u) for k, u in self.params.items()})
 
 
 def _leaf(value: torch.Tensor, constraint) -> torch.Tensor:
-    return biject_to(constraint).inv(value.detach()).clone().requires_grad_(True)
+    return transform_to(constraint).inv(value.detach()).clone().requires_grad_(True)
 
 
 def _unsupported(name: str, fn: Any, why: str) -> ValueError:
@@ -208,8 +208,10 @@ def _setup(model: Callable, guide: Callable, args: tuple, kwargs: dict, family: 
            data_plate: str | None) -> _Setup:
     if family not in _FAMILIES:
         raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}.")
-    nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-    with torch.no_grad(), poutine.block():
+    # the set-up runs draw random numbers; fork the RNG so that they leave no trace
+    # (refine with 0 steps then reproduces the amortised ELBO under the same seed)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         model_trace, guide_trace, _ = trace_pair(model, guide, args, kwargs, 1, nesting)
     plate_name, data_dim = find_data_plate(model_trace, data_plate)
     sites: dict[str, _FreeSite] = {}
@@ -257,6 +259,7 @@ def refine(
     *args: Any,
     num_steps: int = 100,
     learning_rate: float = 1e-2,
+    final_learning_rate: float | None = None,
     num_particles: int = 1,
     family: LocalFamily = "same",
     num_flows: int = 2,
@@ -280,6 +283,9 @@ def refine(
     :param args: the data batch, as the program takes it (e.g. ``x`` or ``x, mask``).
     :param int num_steps: gradient steps per datum. Default 100.
     :param float learning_rate: Adam's step size. Default 0.01.
+    :param float final_learning_rate: decay the step size geometrically to this
+        value over the run (quiets the Monte Carlo noise at the optimum).
+        Default None: constant.
     :param int num_particles: particles per step for the ELBO gradient. Default 1.
     :param str family: ``"same"`` (the guide's own family), ``"full_covariance"``
         or ``"planar_flow"`` (full-covariance base and ``num_flows`` planar flows).
@@ -294,6 +300,8 @@ def refine(
     free_guide = _SwapLocal(setup.sites)(guide_fn)
     leaves = [p for s in setup.sites.values() for p in s.params.values()]
     optimizer = torch.optim.Adam(leaves, lr=learning_rate)
+    gamma = 1.0 if final_learning_rate is None or num_steps == 0 else (final_learning_rate / learning_rate) ** (1 / num_steps)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
     trace_rows = []
     for step in range(num_steps + 1):
         terms = site_log_probs(model, free_guide, *args, num_particles=num_particles,
@@ -306,6 +314,7 @@ def refine(
         for p, g in zip(leaves, grads):
             p.grad = g
         optimizer.step()
+        schedule.step()
     for p in leaves:
         p.requires_grad_(False)
         p.grad = None
@@ -328,8 +337,9 @@ def _pair(program: Any, guide: Callable[..., Any] | None) -> tuple[Callable, Cal
 class GapReport:
     """Per-datum decomposition of the inference gap (all tensors ``(batch,)``, nats).
 
-    :ivar log_evidence: importance-sampled :math:`\\log \\hat p(x)` (the tighter
-        of the IWAE bounds under :math:`q_\\phi` and :math:`q^*`).
+    :ivar log_evidence: importance-sampled :math:`\\log \\hat p(x)`, an IWAE
+        bound whose proposal is each datum's highest-ELBO guide among
+        :math:`q_\\phi`, :math:`q^*` (and the flexible :math:`q^*`).
     :ivar elbo_amortized: :math:`\\mathcal L[q_\\phi]`, the encoder's ELBO.
     :ivar elbo_optimal: :math:`\\mathcal L[q^*]`, per-datum optimum in the family.
     :ivar approximation_gap: ``log_evidence - elbo_optimal``.
@@ -382,7 +392,7 @@ def amortization_gap(
     program: Any,
     *args: Any,
     num_steps: int = 500,
-    learning_rate: float = 1e-2,
+    learning_rate: float = 2e-2,
     num_particles: int = 8,
     elbo_particles: int = 1000,
     evidence_particles: int = 5000,
@@ -401,14 +411,15 @@ def amortization_gap(
         (\\log p(x) - \\mathcal L[q^*]) + (\\mathcal L[q^*] - \\mathcal L[q_\\phi]).
 
     :math:`q^*` is fitted per datum by :func:`refine` (``num_steps`` Adam steps
-    with ``num_particles`` particles, from the encoder's output); the ELBOs are
+    with ``num_particles`` particles, from the encoder's output, the step size
+    decaying geometrically from ``learning_rate`` to a 20th of it); the ELBOs are
     then re-estimated with ``elbo_particles`` fresh particles and
     :math:`\\log p(x)` with an IWAE bound of ``evidence_particles`` particles.
 
     :param program: a program (``model``/``guide``), or a model with ``guide=``.
     :param args: the data batch as the program takes it.
     :param int num_steps: optimisation steps for :math:`q^*`. Default 500.
-    :param float learning_rate: Adam's step size. Default 0.01.
+    :param float learning_rate: Adam's initial step size. Default 0.02.
     :param int num_particles: particles per optimisation step. Default 8.
     :param int elbo_particles: particles for the final ELBO estimates. Default 1000.
     :param int evidence_particles: particles of the IWAE estimate of log p(x). Default 5000.
@@ -421,23 +432,29 @@ def amortization_gap(
     from .bounds import iwae_bound
 
     model, guide_fn = _pair(program, guide)
-    common = dict(num_steps=num_steps, learning_rate=learning_rate, num_particles=num_particles,
-                  data_plate=data_plate, guide=guide_fn, **kwargs)
+    common = dict(num_steps=num_steps, learning_rate=learning_rate, final_learning_rate=learning_rate / 20,
+                  num_particles=num_particles, data_plate=data_plate, guide=guide_fn, **kwargs)
     optimal = refine(model, *args, family="same", **common)
     setup = _setup(model, guide_fn, args, kwargs, "same", num_flows, data_plate)
     elbo_amortized = _mc_elbo(model, guide_fn, args, kwargs, elbo_particles, setup)
     elbo_optimal = _mc_elbo(model, optimal.guide, args, kwargs, elbo_particles, setup)
-    proposals = [guide_fn, optimal.guide]
+    proposals, elbos = [guide_fn, optimal.guide], [elbo_amortized, elbo_optimal]
     elbo_flexible = None
     if flexible_family is not None:
         flexible = refine(model, *args, family=flexible_family, num_flows=num_flows, **common)
         elbo_flexible = _mc_elbo(model, flexible.guide, args, kwargs, elbo_particles, setup)
         proposals.append(flexible.guide)
+        elbos.append(elbo_flexible)
+    # importance sampling from each datum's tightest q (chosen by its ELBO, not by the
+    # noisy IWAE values themselves, which would bias log p(x) upwards)
+    best = torch.stack(elbos).argmax(0)
     with torch.no_grad():
-        log_evidence = torch.stack([
-            iwae_bound(model, q, *args, num_particles=evidence_particles, data_plate=setup.data_plate, **kwargs).value
+        bounds = torch.stack([
+            iwae_bound(model, q, *args, num_particles=evidence_particles, data_plate=setup.data_plate,
+                       max_plate_nesting=setup.max_plate_nesting, **kwargs).value
             for q in proposals
-        ]).max(0).values
+        ])
+    log_evidence = bounds.gather(0, best[None]).squeeze(0)
     return GapReport(
         log_evidence=log_evidence,
         elbo_amortized=elbo_amortized,
