@@ -308,6 +308,9 @@ def fit(
 
     :param program: anything with ``model`` and ``guide`` callables taking the
         batch tensors as positional arguments (pvae's models or a user's pair).
+        If it has a method ``on_train_step(epoch: float)``, it is called before
+        every step with the fractional epoch: programs use it for their own
+        annealing schedules (e.g. a Gumbel-softmax temperature).
     :param data: a tensor ``(n, ...)``, a tuple of tensors sharing their first
         dimension (passed to the program as positional arguments, e.g.
         ``(x, mask)``), or an iterable of batches such as a ``DataLoader``.
@@ -408,6 +411,7 @@ def fit(
     bar = _progress(progress, None if steps is None else steps * (num_epochs - start_epoch), "pvae.fit")
     stopped_early = False
     is_module = isinstance(program, torch.nn.Module)
+    step_hook = getattr(program, "on_train_step", None)
     with contextlib.ExitStack() as stack:
         stack.enter_context(pyro.validation_enabled(False))  # checked once above
         if bar is not None:
@@ -422,6 +426,8 @@ def fit(
             for step, batch in enumerate(_batches(tensors, loader, batch_size, True, device)):
                 if steps is not None:
                     kl_weight = schedule(epoch + step / steps)
+                if step_hook is not None:
+                    step_hook(epoch + step / steps if steps else float(epoch))
                 terms = objective(program.model, program.guide, batch, {}, kl_weight)
                 b = batch[0].shape[0]
                 loss = terms.loss / b
