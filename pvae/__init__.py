@@ -16,3 +16,8 @@ __all__ = [
     "infer",
     "models",
 ]
+
+# ArviZ export (issue 7)
+from .infer import to_inference_data  # noqa: E402
+
+__all__ += ["to_inference_data"]

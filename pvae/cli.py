@@ -40,7 +40,7 @@ import torch
 
 import pvae
 from pvae.data import Dataset, check_data, load_digits, load_mnist
-from pvae.infer import CheckpointError, FitResult, TrainingDivergedError, site_log_probs
+from pvae.infer import CheckpointError, FitResult, TrainingDivergedError, collapse_diagnostics, site_log_probs
 from pvae.models import LIKELIHOODS
 
 __all__ = ["main"]
@@ -56,6 +56,7 @@ SMOKE_ROWS = 512
 _IMAGE_SHAPES = {"digits": (8, 8), "mnist": (28, 28)}
 _MISSING_TOKENS = {"", "na", "nan", "n/a", "null"}
 _UNITS = "nats per datum"
+COLLAPSE_ROWS = 1000  # the mutual information costs O(n^2): diagnose the first rows only
 
 
 # -- data --------------------------------------------------------------------------
@@ -389,6 +390,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)
     terms = _elbo_terms(vae, tensors, args.num_particles, args.batch_size)
     n = tensors[0].shape[0]
+    collapse = collapse_diagnostics(vae, *(t[:COLLAPSE_ROWS] for t in tensors), warn=False) if n > 1 else None
     report = {
         "folder": str(folder),
         "data": spec,
@@ -399,6 +401,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "units": _UNITS,
         "stderr": "standard error of the mean over data points",
         **terms,
+        "collapse": None if collapse is None else collapse.to_dict(),
     }
     _write_json(folder / EVALUATION_NAME, report)
     print(f"{where}: n = {n}, {args.num_particles} particles per datum, {_UNITS}")
@@ -407,6 +410,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         label = "ELBO" if key == "elbo" else "KL" if key == "kl" else key
         stderr = terms[key]["stderr"]
         print(f"  {label:<16}{terms[key]['mean']:>10.3f}{'-' if stderr is None else f'{stderr:.3f}':>10}")
+    if collapse is not None:
+        print(f"posterior collapse check (first {collapse.num_data} rows): {collapse.active_units} of "
+              f"{collapse.latent_dim} latent units active, mutual information I(x; z) ~ "
+              f"{collapse.mutual_information:.3f} nats (at most log n = {collapse.mutual_information_max:.3f})"
+              + ("; COLLAPSED: the code carries no information about x" if collapse.collapsed else ""))
     print(f"wrote {folder / EVALUATION_NAME}")
     return 0
 
