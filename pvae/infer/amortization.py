@@ -338,8 +338,8 @@ class GapReport:
     """Per-datum decomposition of the inference gap (all tensors ``(batch,)``, nats).
 
     :ivar log_evidence: importance-sampled :math:`\\log \\hat p(x)`, an IWAE
-        bound whose proposal is each datum's highest-ELBO guide among
-        :math:`q_\\phi`, :math:`q^*` (and the flexible :math:`q^*`).
+        bound with :math:`q^*` as proposal (or, with a flexible family, each
+        datum's higher-ELBO one of :math:`q^*` and :math:`q^*_{\\text{flex}}`).
     :ivar elbo_amortized: :math:`\\mathcal L[q_\\phi]`, the encoder's ELBO.
     :ivar elbo_optimal: :math:`\\mathcal L[q^*]`, per-datum optimum in the family.
     :ivar approximation_gap: ``log_evidence - elbo_optimal``.
@@ -438,15 +438,15 @@ def amortization_gap(
     setup = _setup(model, guide_fn, args, kwargs, "same", num_flows, data_plate)
     elbo_amortized = _mc_elbo(model, guide_fn, args, kwargs, elbo_particles, setup)
     elbo_optimal = _mc_elbo(model, optimal.guide, args, kwargs, elbo_particles, setup)
-    proposals, elbos = [guide_fn, optimal.guide], [elbo_amortized, elbo_optimal]
+    proposals, elbos = [optimal.guide], [elbo_optimal]
     elbo_flexible = None
     if flexible_family is not None:
         flexible = refine(model, *args, family=flexible_family, num_flows=num_flows, **common)
         elbo_flexible = _mc_elbo(model, flexible.guide, args, kwargs, elbo_particles, setup)
         proposals.append(flexible.guide)
         elbos.append(elbo_flexible)
-    # importance sampling from each datum's tightest q (chosen by its ELBO, not by the
-    # noisy IWAE values themselves, which would bias log p(x) upwards)
+    # importance sampling from each datum's tightest fitted q, chosen by its ELBO (not by
+    # the noisy IWAE values themselves, which would bias log p(x) upwards)
     best = torch.stack(elbos).argmax(0)
     with torch.no_grad():
         bounds = torch.stack([
