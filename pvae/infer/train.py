@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -292,6 +293,7 @@ def fit(
     device: str | torch.device | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
     divergence_factor: float | None = 1e3,
+    diagnostics_every: int | None = 10,
 ) -> FitResult:
     """Fit a program's parameters by stochastic variational inference.
 
@@ -318,7 +320,12 @@ def fit(
     :param int batch_size: minibatch size for tensor data. Default 128.
     :param float learning_rate: Adam's step size. Default 1e-3.
     :param validation_data: like ``data``; evaluated after every epoch.
-    :param objective: ``"elbo"`` or an :class:`~pvae.infer.objectives.Objective`.
+    :param objective: ``"elbo"``, ``"iwae"`` or ``"renyi"`` (built by
+        :func:`~pvae.infer.make_objective` with ``num_particles``), or an
+        :class:`~pvae.infer.objectives.Objective` instance for other options, e.g.
+        ``IWAEObjective(num_particles=5, estimator="dreg")`` or
+        ``ElboObjective(estimator="stl")``. With an importance-weighted objective
+        the history also holds ``bound``, its value per datum.
     :param int num_particles: particles per datum for the objective. Default 1.
     :param kl_warmup: KL annealing: a number of epochs over which the KL weight
         rises linearly from 0 to 1 (per step), or a callable ``epoch -> weight``
@@ -341,6 +348,13 @@ def fit(
     :param float divergence_factor: a loss per datum above this multiple of
         ``|first loss| + 1`` counts as divergence, as does NaN or inf (None: only
         NaN or inf). Default 1000.
+    :param int diagnostics_every: every this many epochs and after the last
+        one, add posterior-collapse diagnostics to the history row
+        (``active_units`` and ``mutual_information``, from
+        :func:`pvae.infer.collapse_summary` on up to 256 validation rows, or
+        training rows without validation data; tensor data only), and warn with
+        :class:`~pvae.infer.PosteriorCollapseWarning` if no unit is active at the
+        end. None: never. Default 10.
     :returns: a :class:`FitResult`.
     :raises TrainingDivergedError: on a diverging loss, naming the epoch and
         step; parameters are restored to the last good epoch and the last
@@ -407,6 +421,8 @@ def fit(
             _set_rng_state(ckpt["rng"])
     good_state = _snapshot(program, params)
 
+    diag_source = val_tensors if val_tensors is not None else tensors
+    diag_args = None if diag_source is None or not diagnostics_every else tuple(t[:256] for t in diag_source)
     steps = _num_steps(tensors, loader, batch_size)
     bar = _progress(progress, None if steps is None else steps * (num_epochs - start_epoch), "pvae.fit")
     stopped_early = False
@@ -446,13 +462,14 @@ def fit(
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 optimizer.step()
-                sums.append((terms.loss.detach(), terms.reconstruction, terms.kl))
+                sums.append((terms.loss.detach(), terms.reconstruction, terms.kl)
+                            + (() if terms.bound is None else (terms.bound,)))
                 n_seen += b
                 if bar is not None:
                     bar.update(1)
                     if step % 20 == 0:
                         bar.set_postfix(epoch=epoch, elbo=f"{terms.elbo.item() / b:.2f}", refresh=False)
-            loss_m, rec_m, kl_m = (torch.stack([torch.stack(c) for c in zip(*sums)]).sum(-1) / n_seen).tolist()
+            loss_m, rec_m, kl_m, *bound_m = (torch.stack([torch.stack(c) for c in zip(*sums)]).sum(-1) / n_seen).tolist()
             row = {
                 "epoch": epoch,
                 "loss": loss_m,
@@ -460,6 +477,7 @@ def fit(
                 "reconstruction": rec_m,
                 "kl": kl_m,
                 "kl_weight": float(kl_weight),
+                **({"bound": bound_m[0]} if bound_m else {}),
             }
             improved = True
             if val_tensors is not None or val_loader is not None:
@@ -476,6 +494,8 @@ def fit(
                     best_state = _snapshot(program, params)
             else:
                 bad_epochs += 1
+            if diag_args is not None and ((epoch + 1) % diagnostics_every == 0 or epoch == num_epochs - 1):
+                diag_args = _add_diagnostics(row, program, diag_args)
             good_state = _snapshot(program, params)
             row["seconds"] = time.perf_counter() - tick  # steps, validation and bookkeeping
             history.append(row)
@@ -502,11 +522,38 @@ def fit(
             if patience is not None and bad_epochs >= patience:
                 stopped_early = True
                 break
+    if history and history[-1].get("active_units") == 0:
+        from .diagnostics import PosteriorCollapseWarning
+
+        warnings.warn(
+            f"the posterior collapsed: no latent unit is active after epoch {history[-1]['epoch']} "
+            f"(KL {history[-1]['kl']:.3g} nats per datum). Try kl_warmup=..., a smaller beta, or a "
+            "weaker decoder.",
+            PosteriorCollapseWarning,
+            stacklevel=2,
+        )
     if stopped_early and restore_best and best_state is not None:
         _restore(program, params, best_state)
     if is_module:
         program.eval()
     return FitResult(program, tuple(history), best_epoch, stopped_early, _str(ckpt_path))
+
+
+def _add_diagnostics(row: dict[str, float], program: Program, args: tuple) -> tuple | None:
+    """Add active units and mutual information to ``row``; None turns them off
+    for the rest of the run if the program does not support them."""
+    from .diagnostics import collapse_summary
+
+    try:
+        # a report must not perturb training: its draws leave the RNG as it was
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            summary = collapse_summary(program, *args)
+    except (ValueError, NotImplementedError, TypeError) as err:
+        warnings.warn(f"collapse diagnostics are off for this program: {err}", stacklevel=3)
+        return None
+    row["active_units"] = summary["active_units"]
+    row["mutual_information"] = summary["mutual_information"]
+    return args
 
 
 def _divergence_message(value: float, reference: float, factor: float | None, epoch: int, step: int,
