@@ -237,3 +237,172 @@ def plot_latent_map(z_loc: Any, labels: Any, path: PathLike, title: str | None =
     ax.set_ylabel(axis[1])
     ax.set_title(title or f"encoder means ({z.shape[1]}-D latent)", fontsize=10)
     return _save(fig, path)
+
+
+# -- latent-space figures (issue 7: traversals, interpolations, geodesics) -----------
+__all__ += ["plot_geodesics", "plot_image_rows", "plot_interpolation", "plot_traversal"]
+
+
+def _grid_rows(images: Any, name: str, image_shape: Sequence[int] | None) -> list[np.ndarray]:
+    """``(n_cols, d)`` or ``(n_rows, n_cols, d)`` -> a list of ``(n_cols, d)`` arrays."""
+    arr = _numpy(images, name)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (n_cols, d) or (n_rows, n_cols, d), got {arr.shape}. "
+            "Try the output of pvae.analysis.traverse or pvae.analysis.interpolate."
+        )
+    return [_as_rows(row, name, image_shape) for row in arr]
+
+
+def plot_image_rows(
+    rows: Sequence[Any],
+    image_shape: Sequence[int] | None,
+    path: PathLike,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw rows of images on one shared colour scale, e.g. truth / estimate / baseline.
+
+    :param rows: a sequence of tensors, each ``(n_cols, d)`` (rows may differ in length).
+    :param image_shape: e.g. ``(8, 8)``; None draws 1-row heatmaps.
+    :param path: where to write the PNG.
+    :param row_labels: one label per row.
+    :param str title: optional figure title.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    arrays = [_as_rows(r, f"rows[{i}]", image_shape) for i, r in enumerate(rows)]
+    if not arrays:
+        raise ValueError("rows is empty: there is nothing to draw.")
+    if row_labels is not None and len(row_labels) != len(arrays):
+        raise ValueError(f"row_labels must have one label per row ({len(arrays)}), got {len(row_labels)}.")
+    return _image_grid(arrays, image_shape, path, row_labels=row_labels, title=title)
+
+
+def plot_traversal(
+    images: Any,
+    image_shape: Sequence[int] | None,
+    path: PathLike,
+    values: Sequence[float] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw latent traversals: one row per base point or latent dimension.
+
+    :param images: :func:`pvae.analysis.traverse` output, ``(num_values, d)`` or
+        ``(n_rows, num_values, d)`` (e.g. a ``torch.stack`` over dimensions).
+    :param image_shape: e.g. ``(8, 8)``; None draws 1-row heatmaps.
+    :param path: where to write the PNG.
+    :param values: the traversed values, written in the title.
+    :param row_labels: one label per row, e.g. ``["z[0]", "z[1]"]``.
+    :param str title: figure title. Default names the value range.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    rows = _grid_rows(images, "images", image_shape)
+    if title is None and values is not None:
+        v = _numpy(values, "values").reshape(-1)
+        title = f"traversal from {v[0]:.3g} to {v[-1]:.3g} ({len(v)} values)"
+    return plot_image_rows(rows, image_shape, path, row_labels=row_labels, title=title)
+
+
+def plot_interpolation(
+    images: Any,
+    image_shape: Sequence[int] | None,
+    path: PathLike,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw decoded interpolations, start on the left, end on the right.
+
+    :param images: :func:`pvae.analysis.interpolate` output, ``(num_steps, d)``
+        or ``(n_rows, num_steps, d)`` (e.g. linear and slerp stacked).
+    :param image_shape: e.g. ``(8, 8)``; None draws 1-row heatmaps.
+    :param path: where to write the PNG.
+    :param row_labels: one label per row, e.g. ``["linear", "slerp"]``.
+    :param str title: optional figure title.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    rows = _grid_rows(images, "images", image_shape)
+    return plot_image_rows(rows, image_shape, path, row_labels=row_labels, title=title)
+
+
+def plot_geodesics(
+    curves: Mapping[str, Any],
+    path: PathLike,
+    z_loc: Any = None,
+    labels: Any = None,
+    background: Any = None,
+    extent: Sequence[float] | None = None,
+    background_label: str = "log magnification factor",
+    title: str | None = None,
+) -> Path:
+    """Draw 2-D latent curves (geodesics, the straight line) over the latent map.
+
+    :param curves: name -> points ``(num_points, 2)``, e.g.
+        ``{"straight": ..., "geodesic (Dijkstra)": result.points}``.
+    :param path: where to write the PNG.
+    :param z_loc: encoder means ``(n, 2)`` drawn as a scatter, optional.
+    :param labels: integer labels of ``z_loc`` for colours, optional.
+    :param background: a ``(rows, cols)`` array drawn under everything, e.g.
+        ``log magnification_factor(f, grid)`` on a grid; row ``i`` is the
+        i-th value of ``z[1]`` from ``extent[2]`` up, column ``j`` of ``z[0]``.
+    :param extent: ``(z0_min, z0_max, z1_min, z1_max)`` of ``background``.
+    :param str background_label: colour bar label.
+    :param str title: optional axes title.
+    :returns: ``path`` as a :class:`pathlib.Path`.
+    """
+    if not curves:
+        raise ValueError("curves is empty: there is nothing to draw.")
+    arrays = {}
+    for name, c in curves.items():
+        a = _numpy(c, f"curves[{name!r}]")
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise ValueError(f"curves[{name!r}] must have shape (num_points, 2), got {a.shape}. "
+                             "Geodesics can be drawn for a 2-D latent space only.")
+        arrays[name] = a
+    fig = _figure(6.0, 5.0)
+    ax = fig.subplots()
+    if background is not None:
+        bg = _numpy(background, "background")
+        if bg.ndim != 2 or extent is None or len(extent) != 4:
+            raise ValueError("background must be a 2-D array and extent (z0_min, z0_max, z1_min, z1_max) 4 numbers.")
+        im = ax.imshow(bg, origin="lower", extent=tuple(float(e) for e in extent), cmap="Greys", aspect="auto",
+                       interpolation="bilinear", alpha=0.8)
+        fig.colorbar(im, ax=ax, label=background_label, shrink=0.8)
+    if z_loc is not None:
+        z = _as_rows(z_loc, "z_loc", None)
+        if z.shape[1] != 2:
+            raise ValueError(f"z_loc must have shape (n, 2), got {z.shape}.")
+        if labels is None:
+            ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.5, color="tab:blue", zorder=2)
+        else:
+            y = _numpy(labels, "labels").reshape(-1)
+            points = ax.scatter(z[:, 0], z[:, 1], c=y, cmap="tab10", s=4, alpha=0.6, zorder=2)
+            classes = np.unique(y)
+            if len(classes) <= 10:
+                handles, names = points.legend_elements(num=list(classes))
+                ax.legend(handles, names, title="label", fontsize=7, title_fontsize=8, loc="upper right",
+                          markerscale=0.8)
+    from matplotlib import patheffects
+
+    styles = ["-", "--", "-", ":"]
+    colours = ["black", "crimson", "darkorange", "royalblue"]  # apart from the label colours' use
+    halo = [patheffects.Stroke(linewidth=4.5, foreground="white"), patheffects.Normal()]
+    for i, (name, a) in enumerate(arrays.items()):
+        ax.plot(a[:, 0], a[:, 1], styles[i % len(styles)], lw=2.2, label=name, color=colours[i % len(colours)],
+                zorder=9 - min(i, 5), path_effects=halo)  # earlier curves on top: dashes show what is below
+    first = next(iter(arrays.values()))
+    ax.plot(*first[0], "o", color="black", mec="white", ms=8, zorder=11)
+    ax.plot(*first[-1], "s", color="black", mec="white", ms=8, zorder=11)
+    curve_legend = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    if z_loc is not None and labels is not None and ax.get_legend() is not None:
+        ax.add_artist(ax.get_legend())
+    ax.legend(handles=curve_legend, fontsize=8, loc="lower left")
+    if extent is not None:
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title or "geodesics in the latent space", fontsize=10)
+    return _save(fig, path)
