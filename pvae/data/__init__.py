@@ -23,3 +23,15 @@ __all__ = [
     "load_mnist",
     "mnist_10k_split",
 ]
+
+# synthetic data with known ground truth: the free lattice field (issue 6)
+from .synthetic import (  # noqa: E402
+    FourierModes,
+    LatticeField,
+    fourier_modes,
+    lattice_field,
+    lattice_precision,
+    lattice_spectrum,
+)
+
+__all__ += ["FourierModes", "LatticeField", "fourier_modes", "lattice_field", "lattice_precision", "lattice_spectrum"]

@@ -20,3 +20,31 @@ __all__ = [
     "make_likelihood",
     "mlp",
 ]
+
+# oracles: programs with exact evidence and posterior (issue 3)
+from .oracles import BetaBernoulliCoin, LinearGaussian  # noqa: E402
+
+__all__ += ["BetaBernoulliCoin", "LinearGaussian"]
+
+# the model zoo: a registry and the program variants (issue 6)
+from .registry import Example, ModelEntry, get_model, list_models, model_entry, register_model  # noqa: E402
+from .cvae import ConditionalVAE  # noqa: E402
+from .denoising import DenoisingVAE  # noqa: E402
+from .linear import LinearVAE, PPCASolution, ppca, principal_angles  # noqa: E402
+from .multimodal import MultimodalVAE  # noqa: E402
+
+__all__ += [
+    "ConditionalVAE",
+    "DenoisingVAE",
+    "Example",
+    "LinearVAE",
+    "ModelEntry",
+    "MultimodalVAE",
+    "PPCASolution",
+    "get_model",
+    "list_models",
+    "model_entry",
+    "ppca",
+    "principal_angles",
+    "register_model",
+]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -29,6 +29,7 @@ import torch
 from pyro import poutine
 from pyro.infer import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
+from torch import nn
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
@@ -37,7 +38,86 @@ from .nets import Activation, NormalHead, mlp
 __all__ = ["VAE"]
 
 
-class VAE(PyroModule):
+def _check_dim(name: str, value: int) -> int:
+    """``value`` as an int, or a ValueError naming ``name``."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+class _StandardNormalLatent(PyroModule):
+    """Shared by pvae's programs with a latent :math:`z \\sim \\mathcal N(0, I)`
+    at site ``"z"``: its prior, and beta (a ``poutine.scale`` on the latent site in
+    model and guide)."""
+
+    def __init__(self, latent_dim: int, beta: float = 1.0) -> None:
+        super().__init__()
+        latent_dim = _check_dim("latent_dim", latent_dim)
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta!r}.")
+        self.latent_dim, self.beta = latent_dim, float(beta)
+        self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
+        self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
+
+    def _prior(self) -> dist.TorchDistribution:
+        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+    def _beta_scaled(self):
+        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
+
+
+class _EncoderDecoder(_StandardNormalLatent):
+    """Shared construction of a one-likelihood encoder/decoder program.
+
+    Builds ``likelihood``, ``encoder_body`` (an :func:`~pvae.models.nets.mlp` on
+    ``input_dim + condition_dim`` features), ``encoder_head`` (an
+    ``_encoder_head_cls(in_dim, latent_dim)`` returning ``(loc, scale)``) and
+    ``decoder`` (an mlp from ``latent_dim + condition_dim`` to the likelihood's
+    raw outputs). ``condition_dim`` features (a conditional VAE's c) are
+    appended to the inputs of both networks.
+    """
+
+    _encoder_head_cls: Callable[[int, int], nn.Module] = NormalHead
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int = 10,
+        hidden_dims: Sequence[int] = (256, 128),
+        likelihood: LikelihoodName | Likelihood = "bernoulli",
+        beta: float = 1.0,
+        activation: Activation = "relu",
+        decoder_hidden_dims: Sequence[int] | None = None,
+        likelihood_kwargs: dict | None = None,
+        condition_dim: int = 0,
+    ) -> None:
+        input_dim = _check_dim("input_dim", input_dim)
+        super().__init__(latent_dim, beta)
+        self.input_dim = input_dim
+        self.likelihood = make_likelihood(likelihood, self.input_dim, **(likelihood_kwargs or {}))
+        hidden_dims = tuple(hidden_dims)
+        dec_hidden = tuple(reversed(hidden_dims)) if decoder_hidden_dims is None else tuple(decoder_hidden_dims)
+        enc_in = self.input_dim + condition_dim
+        self.encoder_body = mlp(enc_in, hidden_dims, activation=activation)
+        self.encoder_head = self._encoder_head_cls(hidden_dims[-1] if hidden_dims else enc_in, self.latent_dim)
+        self.decoder = mlp(self.latent_dim + condition_dim, dec_hidden, self.likelihood.output_dim,
+                           activation=activation)
+
+    def _observed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return x
+        return torch.where(mask, x, torch.full_like(x, self.likelihood.fill_value))
+
+    def _check_x(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            raise ValueError(
+                f"x must be a 2-D tensor of shape (batch, {self.input_dim}), got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}."
+            )
+        self.likelihood.check(x, mask)
+
+
+class VAE(_EncoderDecoder):
     """A VAE with a diagonal-Gaussian encoder and any pvae likelihood.
 
     ``model(x, mask=None)`` and ``guide(x, mask=None)`` are ordinary Pyro
@@ -76,52 +156,23 @@ class VAE(PyroModule):
         decoder_hidden_dims: Sequence[int] | None = None,
         likelihood_kwargs: dict | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("input_dim", input_dim), ("latent_dim", latent_dim)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}.")
-        self.input_dim, self.latent_dim, self.beta = int(input_dim), int(latent_dim), float(beta)
-        self.likelihood = make_likelihood(likelihood, self.input_dim, **(likelihood_kwargs or {}))
-        hidden_dims = tuple(hidden_dims)
-        dec_hidden = tuple(reversed(hidden_dims)) if decoder_hidden_dims is None else tuple(decoder_hidden_dims)
-        self.encoder_body = mlp(self.input_dim, hidden_dims, activation=activation)
-        self.encoder_head = NormalHead(hidden_dims[-1] if hidden_dims else self.input_dim, self.latent_dim)
-        self.decoder = mlp(self.latent_dim, dec_hidden, self.likelihood.output_dim, activation=activation)
-        self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
+        super().__init__(input_dim, latent_dim, hidden_dims, likelihood, beta, activation,
+                         decoder_hidden_dims, likelihood_kwargs)
 
     # -- the program ---------------------------------------------------------
-    def _prior(self) -> dist.TorchDistribution:
-        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
-
-    def _observed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is None:
-            return x
-        return torch.where(mask, x, torch.full_like(x, self.likelihood.fill_value))
-
     def validate(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Check ``x`` (and ``mask``) for this model; called once by :func:`pvae.fit`.
 
         :raises ValueError: on a wrong shape, NaN at observed entries, or values
             outside the likelihood's support.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            raise ValueError(
-                f"x must be a 2-D tensor of shape (batch, {self.input_dim}), got "
-                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}."
-            )
-        self.likelihood.check(x, mask)
+        self._check_x(x, mask)
 
     # Networks are looked up in ``self._modules`` rather than as attributes in
     # the hot path: PyroModule's attribute hook would announce every parameter
     # as a Pyro param site on every call (~0.3 ms a step, 12% of a digits
     # epoch). pvae's parameters are module-local and trainers take them from
     # ``.parameters()``, so nothing listens to those announcements.
-    def _beta_scaled(self):
-        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
-
     @pyro_method
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """p(x, z): the generative program. Returns the latent sample."""
