@@ -35,3 +35,8 @@ from .synthetic import (  # noqa: E402
 )
 
 __all__ += ["FourierModes", "LatticeField", "fourier_modes", "lattice_field", "lattice_precision", "lattice_spectrum"]
+
+# synthetic spike trains from known latent dynamics (issue 6)
+from .synthetic import SpikeTrains, spike_trains  # noqa: E402
+
+__all__ += ["SpikeTrains", "spike_trains"]

@@ -181,3 +181,133 @@ def lattice_field(
         modes=fourier_modes(n, dtype),
         mode_variances=lattice_spectrum(n, m, dtype),
     )
+
+
+# -- spike trains from low-dimensional latent dynamics (issue 6) ----------------------------
+__all__ += ["SpikeTrains", "spike_trains"]
+
+
+@dataclass(frozen=True, eq=False)
+class SpikeTrains:
+    """Poisson spike counts driven by known latent dynamics.
+
+    :ivar torch.Tensor counts: ``(num_trials, num_steps, num_neurons)`` spike
+        counts per time bin (float, non-negative integers).
+    :ivar torch.Tensor latents: ``(num_trials, num_steps, latent_dim)`` the true
+        latent trajectories :math:`z_t`.
+    :ivar torch.Tensor rates: ``(num_trials, num_steps, num_neurons)`` the
+        Poisson rates :math:`\\lambda_t = \\exp(C z_t + b)` per bin.
+    :ivar torch.Tensor dynamics: ``(latent_dim, latent_dim)`` the transition
+        matrix A.
+    :ivar torch.Tensor readout: ``(num_neurons, latent_dim)`` C.
+    :ivar torch.Tensor bias: ``(num_neurons,)`` b, the log baseline rates.
+    """
+
+    counts: torch.Tensor
+    latents: torch.Tensor
+    rates: torch.Tensor
+    dynamics: torch.Tensor
+    readout: torch.Tensor
+    bias: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def spike_trains(
+    num_trials: int,
+    num_steps: int,
+    num_neurons: int,
+    latent_dim: int = 2,
+    *,
+    period: float = 25.0,
+    decay: float = 0.98,
+    baseline_rate: float = 0.5,
+    gain: float = 1.0,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> SpikeTrains:
+    """Spike counts of a neural population driven by a rotating low-dimensional latent.
+
+    A damped-rotation linear dynamical system with Gaussian innovations drives
+    the log-rates of the neurons through a random readout (a Poisson linear
+    dynamical system, the standard generative model of latent neural
+    population dynamics; seed 004):
+
+    .. math::
+
+        z_1 \\sim \\mathcal N(0, I), \\qquad
+        z_t = A z_{t-1} + \\epsilon_t,\\ \\ \\epsilon_t \\sim \\mathcal N\\big(0, (1 - \\rho^2) I\\big),
+
+        x_{t,i} \\sim \\mathrm{Poisson}\\big(\\exp(c_i^\\top z_t + b_i)\\big),
+
+    where A is block diagonal with 2x2 blocks :math:`\\rho R(\\omega_m)`,
+    rotations by :math:`\\omega_m = 2\\pi m / \\text{period}` (block m = 1, 2,
+    ...; an odd last dimension is an AR(1) with coefficient :math:`\\rho`), so
+    :math:`z_t` is stationary with covariance I. The readout rows are
+    :math:`c_i = \\text{gain} \\cdot u_i` with :math:`u_i` uniform on the unit
+    sphere, and :math:`b_i = \\log(\\text{baseline\\_rate}) - \\text{gain}^2 / 2`,
+    so that the mean rate of every neuron is ``baseline_rate`` spikes per bin.
+
+    :param int num_trials: independent trials (sequences).
+    :param int num_steps: time bins per trial.
+    :param int num_neurons: neurons.
+    :param int latent_dim: dimension of the latent dynamics. Default 2.
+    :param float period: rotation period of the first latent plane, in bins. Default 25.
+    :param float decay: :math:`\\rho \\in (0, 1)`, the damping per bin. Default 0.98.
+    :param float baseline_rate: mean spikes per bin of each neuron. Default 0.5.
+    :param float gain: norm of each readout row (how strongly the latent
+        modulates the log-rate). Default 1.
+    :param int seed: seed of a private generator (the global RNG is untouched);
+        None draws from the global torch RNG.
+    :param dtype: of the returned tensors. Default ``torch.get_default_dtype()``.
+    :rtype: SpikeTrains
+    """
+    num_trials = _check_count("num_trials", num_trials)
+    num_steps = _check_count("num_steps", num_steps)
+    num_neurons = _check_count("num_neurons", num_neurons)
+    latent_dim = _check_count("latent_dim", latent_dim)
+    if not (isinstance(decay, (int, float)) and 0 < decay < 1):
+        raise ValueError(f"decay must lie in (0, 1), got {decay!r}.")
+    if not (isinstance(period, (int, float)) and period > 0):
+        raise ValueError(f"period must be a positive number of bins, got {period!r}.")
+    for name, value in (("baseline_rate", baseline_rate), ("gain", gain)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    dtype = dtype or torch.get_default_dtype()
+    gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+    f64 = torch.float64
+
+    a = torch.zeros(latent_dim, latent_dim, dtype=f64)
+    for m in range(latent_dim // 2):
+        w = 2 * math.pi * (m + 1) / period
+        a[2 * m : 2 * m + 2, 2 * m : 2 * m + 2] = decay * torch.tensor(
+            [[math.cos(w), -math.sin(w)], [math.sin(w), math.cos(w)]], dtype=f64
+        )
+    if latent_dim % 2:
+        a[-1, -1] = decay
+    noise = math.sqrt(1 - decay**2)
+    z = torch.empty(num_trials, num_steps, latent_dim, dtype=f64)
+    z[:, 0] = torch.randn(num_trials, latent_dim, dtype=f64, generator=gen)
+    eps = noise * torch.randn(num_trials, num_steps, latent_dim, dtype=f64, generator=gen)
+    for t in range(1, num_steps):
+        z[:, t] = z[:, t - 1] @ a.T + eps[:, t]
+    u = torch.randn(num_neurons, latent_dim, dtype=f64, generator=gen)
+    readout = gain * u / u.norm(dim=-1, keepdim=True)
+    bias = torch.full((num_neurons,), math.log(baseline_rate) - gain**2 / 2, dtype=f64)
+    rates = torch.exp(z @ readout.T + bias)
+    counts = torch.poisson(rates, generator=gen)
+    return SpikeTrains(
+        counts=counts.to(dtype),
+        latents=z.to(dtype),
+        rates=rates.to(dtype),
+        dynamics=a.to(dtype),
+        readout=readout.to(dtype),
+        bias=bias.to(dtype),
+    )

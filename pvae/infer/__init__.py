@@ -60,3 +60,8 @@ __all__ += [
     "psis_diagnostics",
     "to_inference_data",
 ]
+
+# exact enumeration of discrete latents: TraceEnum_ELBO as an objective (issue 6)
+from .objectives import EnumElboObjective  # noqa: E402
+
+__all__ += ["EnumElboObjective"]

@@ -48,3 +48,11 @@ __all__ += [
     "principal_angles",
     "register_model",
 ]
+
+# the model zoo, part two: semi-supervised, relaxed-discrete and sequential programs (issue 6)
+from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorical_kl  # noqa: E402
+from .sequential import SequentialVAE  # noqa: E402
+from .ssvae import SemiSupervisedVAE  # noqa: E402
+
+__all__ += ["GumbelSoftmaxCategorical", "RelaxedCategoricalVAE", "SemiSupervisedVAE", "SequentialVAE",
+            "categorical_kl"]

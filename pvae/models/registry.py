@@ -45,6 +45,12 @@ class Example:
         ``(4,)`` (four draws). The draws have shape ``(sample_size, features)``
         for each observed index.
     :ivar int sample_size: rows drawn by ``sample(*sample_args)``. Default 4.
+    :ivar dict unsupported: generic checks of the zoo test this model cannot
+        pass, by name, each with the reason (the test then checks that the
+        tool really refuses it, and skips it). Known names:
+        ``"mutual_information"`` (the batch-mixture estimator of
+        :func:`pvae.infer.mutual_information` needs a guide whose sites depend
+        on ``x`` only; ``pvae.fit``'s collapse diagnostics use it). Default none.
     """
 
     kwargs: dict[str, Any]
@@ -52,6 +58,7 @@ class Example:
     observed: tuple[int, ...] = (0,)
     sample_args: tuple[Any, ...] = (4,)
     sample_size: int = 4
+    unsupported: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
