@@ -1,32 +1,23 @@
 """Analysis of fitted programs: reads results and programs, never trains.
 
-Figures (:mod:`pvae.analysis.figures`) write one PNG each and return its path.
+Anomaly scores with calibration, latent-space tools (traversals, interpolation,
+prototype, arithmetic), decoder geometry (pullback metric, geodesics), inverse
+problems with a VAE prior, and figures (each writes one PNG and returns its path).
 """
 
+from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals
 from .figures import (
+    plot_geodesics,
     plot_image,
+    plot_image_rows,
+    plot_interpolation,
     plot_latent_map,
     plot_reconstructions,
     plot_samples,
     plot_training_curves,
+    plot_traversal,
 )
-
-__all__ = [
-    "plot_image",
-    "plot_latent_map",
-    "plot_reconstructions",
-    "plot_samples",
-    "plot_training_curves",
-]
-
-# calibrated anomaly scores and Pearson residuals (issue 7)
-from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals  # noqa: E402
-
-__all__ += ["AnomalyDetector", "anomaly_scores", "pearson_residuals"]
-
-# latent tools, decoder geometry, inverse problems (issue 7, items 4-6)
-from .figures import plot_geodesics, plot_image_rows, plot_interpolation, plot_traversal  # noqa: E402
-from .geometry import (  # noqa: E402
+from .geometry import (
     GeodesicResult,
     curve_length,
     geodesic_dijkstra,
@@ -34,8 +25,8 @@ from .geometry import (  # noqa: E402
     magnification_factor,
     pullback_metric,
 )
-from .inverse import GaussianPosterior, InverseSolution, linear_gaussian_posterior_mean, solve_inverse  # noqa: E402
-from .latent import (  # noqa: E402
+from .inverse import GaussianPosterior, InverseSolution, linear_gaussian_posterior_mean, solve_inverse
+from .latent import (
     decoder_mean,
     encode_mean,
     interpolate,
@@ -45,10 +36,12 @@ from .latent import (  # noqa: E402
     traverse,
 )
 
-__all__ += [
+__all__ = [
+    "AnomalyDetector",
     "GaussianPosterior",
     "GeodesicResult",
     "InverseSolution",
+    "anomaly_scores",
     "curve_length",
     "decoder_mean",
     "encode_mean",
@@ -59,9 +52,15 @@ __all__ += [
     "latent_arithmetic",
     "linear_gaussian_posterior_mean",
     "magnification_factor",
+    "pearson_residuals",
     "plot_geodesics",
+    "plot_image",
     "plot_image_rows",
     "plot_interpolation",
+    "plot_latent_map",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_training_curves",
     "plot_traversal",
     "prototype",
     "pullback_metric",

@@ -1,4 +1,6 @@
-"""Data: offline loaders for digits, MNIST (IDX) and IHDP (CSV), and a checker."""
+"""Data: offline loaders for digits, MNIST (IDX) and IHDP (CSV), a checker, and
+synthetic generators with known ground truth. Nothing is bundled or downloaded:
+loaders take a path."""
 
 from .loaders import (
     IHDP_COLUMNS,
@@ -11,32 +13,33 @@ from .loaders import (
     load_mnist,
     mnist_10k_split,
 )
+from .synthetic import (
+    FourierModes,
+    LatticeField,
+    SpikeTrains,
+    fourier_modes,
+    lattice_field,
+    lattice_precision,
+    lattice_spectrum,
+    spike_trains,
+)
 
 __all__ = [
     "IHDP_COLUMNS",
     "CausalData",
     "Dataset",
+    "FourierModes",
+    "LatticeField",
+    "SpikeTrains",
     "check_data",
+    "fourier_modes",
     "ihdp_split",
+    "lattice_field",
+    "lattice_precision",
+    "lattice_spectrum",
     "load_digits",
     "load_ihdp",
     "load_mnist",
     "mnist_10k_split",
+    "spike_trains",
 ]
-
-# synthetic data with known ground truth: the free lattice field (issue 6)
-from .synthetic import (  # noqa: E402
-    FourierModes,
-    LatticeField,
-    fourier_modes,
-    lattice_field,
-    lattice_precision,
-    lattice_spectrum,
-)
-
-__all__ += ["FourierModes", "LatticeField", "fourier_modes", "lattice_field", "lattice_precision", "lattice_spectrum"]
-
-# synthetic spike trains from known latent dynamics (issue 6)
-from .synthetic import SpikeTrains, spike_trains  # noqa: E402
-
-__all__ += ["SpikeTrains", "spike_trains"]
