@@ -31,11 +31,16 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pyro
 import torch
+from pyro import poutine
+from pyro.infer import is_validation_enabled
+from pyro.poutine.util import site_is_subsample
 
 from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
 
@@ -239,16 +244,56 @@ def _stream_log_weights(
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     stream = _LogWeightStream()
     size = 1 if chunk_size is None else chunk_size
+    proposal = guide
     with torch.no_grad():
         while stream.count < num_particles:
-            slp = site_log_probs(
-                model, guide, *args, num_particles=min(size, num_particles - stream.count),
-                data_plate=data_plate, max_plate_nesting=max_plate_nesting, **kwargs,
-            )
-            if chunk_size is None and stream.count == 0:
-                size = _auto_chunk_size(slp)
+            # Pyro's checks (data support, distribution arguments) run on the first
+            # chunk only: the data and the program's structure are the same in every chunk
+            with pyro.validation_enabled(stream.count == 0 and is_validation_enabled()):
+                slp = site_log_probs(
+                    model, proposal, *args, num_particles=min(size, num_particles - stream.count),
+                    data_plate=data_plate, max_plate_nesting=max_plate_nesting, **kwargs,
+                )
+            if stream.count == 0:
+                if chunk_size is None:
+                    size = _auto_chunk_size(slp)
+                if slp.log_weight.shape[0] < num_particles:
+                    proposal = _frozen_guide(guide, args, kwargs) or guide
             stream.update(slp.log_weight)
     return stream
+
+
+def _frozen_guide(guide: Callable, args: tuple, kwargs: dict) -> Callable | None:
+    """The guide's distribution, computed once, as a guide of its own.
+
+    Every chunk of particles would otherwise run the guide's networks again on
+    the same data. For a guide with a single latent site (nothing downstream
+    can depend on another latent) the distribution is fixed by the data, so it
+    is traced once (without drawing from the session's random stream) and
+    re-sampled inside the same plates, mask and scale. Returns None for other
+    guides, which are then run for every chunk.
+    """
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False), poutine.block():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    if len(sites) != 1 or sites[0]["is_observed"]:
+        return None
+    site = sites[0]
+    indices = {s["name"]: s["value"] for s in trace.nodes.values() if site_is_subsample(s)}
+
+    def frozen(*_args: Any, **_kwargs: Any) -> torch.Tensor:
+        with contextlib.ExitStack() as stack:
+            for frame in reversed(site["cond_indep_stack"]):
+                if frame.vectorized:
+                    stack.enter_context(pyro.plate(frame.name, frame.full_size or frame.size,
+                                                   subsample=indices.get(frame.name), dim=frame.dim))
+            if site["mask"] is not None:
+                stack.enter_context(poutine.mask(mask=site["mask"]))
+            if not (isinstance(site["scale"], float) and site["scale"] == 1.0):
+                stack.enter_context(poutine.scale(scale=site["scale"]))
+            return pyro.sample(site["name"], site["fn"], infer=dict(site["infer"]))
+
+    return frozen
 
 
 def iwae_bound(
