@@ -1,0 +1,19 @@
+"""Causal effects: the CEVAE program and do-queries on any fitted Pyro program."""
+
+from .cevae import CEVAE, CEVAEObjective, hidden_confounder_data
+from .metrics import ate_error, sqrt_pehe
+from .queries import EffectEstimate, SiteError, ate, cate, ite, potential_outcomes
+
+__all__ = [
+    "CEVAE",
+    "CEVAEObjective",
+    "EffectEstimate",
+    "SiteError",
+    "ate",
+    "ate_error",
+    "cate",
+    "hidden_confounder_data",
+    "ite",
+    "potential_outcomes",
+    "sqrt_pehe",
+]
