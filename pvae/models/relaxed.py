@@ -97,17 +97,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
 from torch import nn
 from torch.distributions import constraints
 from torch.distributions.utils import clamp_probs
 
-from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
+from .base import DATA_PLATE, LATENT_SITE
 from .likelihoods import Likelihood, LikelihoodName
 from .nets import Activation
 from .registry import Example, register_model
-from .vae import _check_dim, _EncoderDecoder
+from .vae import _check_dim, _UnconditionalProgram
 
 __all__ = ["GumbelSoftmaxCategorical", "RelaxedCategoricalVAE", "categorical_kl"]
 
@@ -210,7 +209,7 @@ def _example() -> Example:
 
 
 @register_model("relaxed_vae", example=_example)
-class RelaxedCategoricalVAE(_EncoderDecoder):
+class RelaxedCategoricalVAE(_UnconditionalProgram):
     """A VAE with ``num_categorical`` categorical latents of ``num_categories`` classes each.
 
     ``model(x, mask=None)`` and ``guide(x, mask=None)`` keep the data in
@@ -311,28 +310,8 @@ class RelaxedCategoricalVAE(_EncoderDecoder):
         return self.codes(self.prior_logits)
 
     # -- the program -------------------------------------------------------------
-    def validate(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Check ``x`` (and ``mask``); called once by :func:`pvae.fit`.
-
-        :raises ValueError: on a wrong shape, NaN at observed entries, or values
-            outside the likelihood's support.
-        """
-        self._check_x(x, mask)
-
-    @pyro_method
-    def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """p(x, c): uniform categorical codes and the decoder. Returns the codes."""
-        if is_validation_enabled():
-            self.validate(x, mask)
-        nets = self._modules
-        with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
-            with self._beta_scaled():
-                c = pyro.sample(LATENT_SITE, self._prior())
-            px = nets["likelihood"](nets["decoder"](c.flatten(-2)))
-            if mask is not None:
-                px = px.mask(mask)
-            pyro.sample(OBS_SITE, px.to_event(1), obs=self._observed(x, mask))
-        return c
+    def _decoder_input(self, c: torch.Tensor) -> torch.Tensor:
+        return c.flatten(-2)  # one-hot codes (..., num_categorical, num_categories) -> flat
 
     @pyro_method
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -353,7 +332,7 @@ class RelaxedCategoricalVAE(_EncoderDecoder):
         """p(x | c) for codes ``(..., num_categorical, num_categories)`` (one-hot or
         relaxed): batch shape ``c.shape[:-2]``, event shape ``(input_dim,)``."""
         nets = self._modules
-        return nets["likelihood"](nets["decoder"](c.flatten(-2))).to_event(1)
+        return nets["likelihood"](nets["decoder"](self._decoder_input(c))).to_event(1)
 
     def one_hot(self, categories: torch.Tensor) -> torch.Tensor:
         """Integer categories ``(..., num_categorical)`` as one-hot codes ``(..., N, K)``."""

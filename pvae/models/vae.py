@@ -117,7 +117,45 @@ class _EncoderDecoder(_StandardNormalLatent):
         self.likelihood.check(x, mask)
 
 
-class VAE(_EncoderDecoder):
+class _UnconditionalProgram(_EncoderDecoder):
+    """The generative program ``model(x, mask=None)`` shared by programs whose
+    decoder reads the latent alone (:class:`VAE`, the relaxed categorical VAE):
+    latent from :meth:`_prior`, decoder input from :meth:`_decoder_input`,
+    likelihood over the observed entries of ``x``."""
+
+    def _decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def validate(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Check ``x`` (and ``mask``) for this model; called once by :func:`pvae.fit`.
+
+        :raises ValueError: on a wrong shape, NaN at observed entries, or values
+            outside the likelihood's support.
+        """
+        self._check_x(x, mask)
+
+    # Networks are looked up in ``self._modules`` rather than as attributes in
+    # the hot path: PyroModule's attribute hook would announce every parameter
+    # as a Pyro param site on every call (~0.3 ms a step, 12% of a digits
+    # epoch). pvae's parameters are module-local and trainers take them from
+    # ``.parameters()``, so nothing listens to those announcements.
+    @pyro_method
+    def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """p(x, z): prior, decoder and likelihood over the observed entries. Returns the latent sample."""
+        if is_validation_enabled():
+            self.validate(x, mask)
+        nets = self._modules
+        with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
+            with self._beta_scaled():
+                z = pyro.sample(LATENT_SITE, self._prior())
+            px = nets["likelihood"](nets["decoder"](self._decoder_input(z)))
+            if mask is not None:
+                px = px.mask(mask)
+            pyro.sample(OBS_SITE, px.to_event(1), obs=self._observed(x, mask))
+        return z
+
+
+class VAE(_UnconditionalProgram):
     """A VAE with a diagonal-Gaussian encoder and any pvae likelihood.
 
     ``model(x, mask=None)`` and ``guide(x, mask=None)`` are ordinary Pyro
@@ -160,34 +198,6 @@ class VAE(_EncoderDecoder):
                          decoder_hidden_dims, likelihood_kwargs)
 
     # -- the program ---------------------------------------------------------
-    def validate(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Check ``x`` (and ``mask``) for this model; called once by :func:`pvae.fit`.
-
-        :raises ValueError: on a wrong shape, NaN at observed entries, or values
-            outside the likelihood's support.
-        """
-        self._check_x(x, mask)
-
-    # Networks are looked up in ``self._modules`` rather than as attributes in
-    # the hot path: PyroModule's attribute hook would announce every parameter
-    # as a Pyro param site on every call (~0.3 ms a step, 12% of a digits
-    # epoch). pvae's parameters are module-local and trainers take them from
-    # ``.parameters()``, so nothing listens to those announcements.
-    @pyro_method
-    def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """p(x, z): the generative program. Returns the latent sample."""
-        if is_validation_enabled():
-            self.validate(x, mask)
-        nets = self._modules
-        with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
-            with self._beta_scaled():
-                z = pyro.sample(LATENT_SITE, self._prior())
-            px = nets["likelihood"](nets["decoder"](z))
-            if mask is not None:
-                px = px.mask(mask)
-            pyro.sample(OBS_SITE, px.to_event(1), obs=self._observed(x, mask))
-        return z
-
     @pyro_method
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """q(z | x): the amortised encoder. Returns the latent sample."""
