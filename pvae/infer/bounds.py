@@ -260,6 +260,7 @@ def _stream_log_weights(
                 if slp.log_weight.shape[0] < num_particles:
                     proposal = _frozen_guide(guide, args, kwargs) or guide
             stream.update(slp.log_weight)
+            del slp  # free this chunk's traces (the decoder's output) before the next is drawn
     return stream
 
 

@@ -46,7 +46,7 @@ from pyro.nn import pyro_method
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName
-from .nets import Activation
+from .nets import Activation, diagonal_normal
 from .registry import Example, register_model
 from .vae import _check_dim, _EncoderDecoder
 
@@ -191,7 +191,7 @@ class ConditionalVAE(_EncoderDecoder):
         loc, scale = self.encode(x, c, mask)
         with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
             with self._beta_scaled():
-                return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+                return pyro.sample(LATENT_SITE, diagonal_normal(loc, scale))
 
     # -- conveniences ------------------------------------------------------------
     def encode(

@@ -22,8 +22,10 @@ from typing import Callable, Literal, Sequence
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions.utils import broadcast_all
+from torch.nn.functional import binary_cross_entropy_with_logits
 
-from .nets import positive
+from .nets import DiagonalNormal, positive
 
 LikelihoodName = Literal[
     "bernoulli",
@@ -131,13 +133,44 @@ class Likelihood(nn.Module):
             )
 
 
+class _BernoulliFeatures(dist.Independent):
+    """Independent Bernoulli features, summed before the sign flip.
+
+    The same density as ``Bernoulli(logits).to_event(n)``:
+    :math:`\\log p(x) = -\\sum_d \\mathrm{BCE}(\\ell_d, x_d)`. torch's
+    ``Bernoulli.log_prob`` negates the full ``(..., D)`` cross-entropy before
+    :class:`~torch.distributions.Independent` sums it; summing first negates a
+    tensor D times smaller, one full pass over the features fewer (a tenth of
+    an MNIST IWAE evaluation).
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.base_dist.logits, value)
+        bce = binary_cross_entropy_with_logits(logits, value, reduction="none")
+        n = self.reinterpreted_batch_ndims
+        return bce.flatten(-n).sum(-1).neg() if n else bce.neg()
+
+
+class _BernoulliLogits(dist.Bernoulli):
+    """``dist.Bernoulli`` whose :meth:`to_event` gives :class:`_BernoulliFeatures`."""
+
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> dist.TorchDistribution:
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = len(self.batch_shape)
+        if reinterpreted_batch_ndims == 0:
+            return self
+        return _BernoulliFeatures(self, reinterpreted_batch_ndims)
+
+
 class _Bernoulli(Likelihood):
     name = "bernoulli"
     support_text = "{0, 1}"
     hint = "likelihood='continuous_bernoulli' for values in [0, 1], or binarise x"
 
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=raw)
+        return _BernoulliLogits(logits=raw)
 
     def _in_support(self, x: torch.Tensor) -> torch.Tensor:
         return (x == 0) | (x == 1)
@@ -180,7 +213,7 @@ class _Normal(_LocScale):
     name = "normal"
 
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(raw, self.scale())
+        return DiagonalNormal(raw, self.scale())
 
 
 class _Laplace(_LocScale):

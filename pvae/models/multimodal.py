@@ -64,7 +64,7 @@ from torch import nn
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
-from .nets import Activation, NormalHead, mlp
+from .nets import Activation, NormalHead, diagonal_normal, mlp
 from .registry import Example, register_model
 from .vae import _check_dim, _StandardNormalLatent
 
@@ -283,7 +283,7 @@ class MultimodalVAE(_StandardNormalLatent):
     def posterior(self, *xs: torch.Tensor | None, present: torch.Tensor | None = None) -> dist.TorchDistribution:
         """q(z | present modalities) as a distribution, batch ``(batch,)``, event ``(latent_dim,)``."""
         loc, scale = self.encode(*xs, present=present)
-        return dist.Normal(loc, scale).to_event(1)
+        return diagonal_normal(loc, scale)
 
     # -- the program -------------------------------------------------------------
     @pyro_method
@@ -312,7 +312,7 @@ class MultimodalVAE(_StandardNormalLatent):
         loc, scale = self.encode(*xs, present=present)
         with pyro.plate(DATA_PLATE, loc.shape[0], dim=-1):
             with self._beta_scaled():
-                return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+                return pyro.sample(LATENT_SITE, diagonal_normal(loc, scale))
 
     # -- conveniences ------------------------------------------------------------
     def decode(self, z: torch.Tensor, modality: Modality) -> dist.TorchDistribution:

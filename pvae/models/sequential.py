@@ -82,7 +82,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
-from .nets import Activation, NormalHead, mlp, positive
+from .nets import Activation, NormalHead, diagonal_normal, mlp, positive
 from .registry import Example, register_model
 from .vae import _check_dim, _StandardNormalLatent
 
@@ -313,7 +313,7 @@ class SequentialVAE(PyroModule):
             for t in pyro.markov(range(steps)):
                 loc, scale = nets["transition"](z)
                 with self._step_mask(step_mask, t), self._beta_scaled():
-                    z = pyro.sample(f"{LATENT_SITE}_{t + 1}", dist.Normal(loc, scale).to_event(1))
+                    z = pyro.sample(f"{LATENT_SITE}_{t + 1}", diagonal_normal(loc, scale))
                 states.append(z)
             states = torch.stack(torch.broadcast_tensors(*states), dim=-2)
             px = nets["likelihood"](nets["emitter"](states))
@@ -335,7 +335,7 @@ class SequentialVAE(PyroModule):
             for t in pyro.markov(range(steps)):
                 loc, scale = nets["combiner"](z, h[:, t])
                 with self._step_mask(step_mask, t), self._beta_scaled():
-                    z = pyro.sample(f"{LATENT_SITE}_{t + 1}", dist.Normal(loc, scale).to_event(1))
+                    z = pyro.sample(f"{LATENT_SITE}_{t + 1}", diagonal_normal(loc, scale))
                 states.append(z)
         return torch.stack(torch.broadcast_tensors(*states), dim=-2)
 

@@ -86,7 +86,7 @@ from pyro.nn import pyro_method
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName
-from .nets import Activation, mlp
+from .nets import Activation, diagonal_normal, mlp
 from .registry import Example, register_model
 from .vae import _check_dim, _EncoderDecoder
 
@@ -256,7 +256,7 @@ class SemiSupervisedVAE(_EncoderDecoder):
             h = nets["encoder_body"](_broadcast_cat(x, self._one_hot(label)))
             loc, scale = nets["encoder_head"](h)
             with self._beta_scaled():
-                pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+                pyro.sample(LATENT_SITE, diagonal_normal(loc, scale))
         return label
 
     def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

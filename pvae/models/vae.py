@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
-from .nets import Activation, NormalHead, mlp
+from .nets import Activation, NormalHead, diagonal_normal, mlp
 
 __all__ = ["VAE"]
 
@@ -60,7 +60,7 @@ class _StandardNormalLatent(PyroModule):
         self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
 
     def _prior(self) -> dist.TorchDistribution:
-        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+        return diagonal_normal(self.prior_loc, self.prior_scale)
 
     def _beta_scaled(self):
         return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
@@ -204,7 +204,7 @@ class VAE(_UnconditionalProgram):
         loc, scale = self.encode(x, mask)
         with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
             with self._beta_scaled():
-                return pyro.sample(LATENT_SITE, dist.Normal(loc, scale).to_event(1))
+                return pyro.sample(LATENT_SITE, diagonal_normal(loc, scale))
 
     # -- conveniences --------------------------------------------------------
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
