@@ -1,6 +1,6 @@
 """pvae: variational inference answers for deep latent-variable Pyro programs."""
 
-from . import infer, models
+from . import causal, data, infer, models
 from .infer import FitResult, TrainingDivergedError, fit
 from .models import VAE, ModelGuidePair
 
@@ -12,6 +12,8 @@ __all__ = [
     "ModelGuidePair",
     "TrainingDivergedError",
     "__version__",
+    "causal",
+    "data",
     "fit",
     "infer",
     "models",

@@ -63,7 +63,8 @@ import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 
-from pvae.causal import CEVAE, ate, ate_error, hidden_confounder_data, ite, sqrt_pehe  # noqa: E402
+from pvae.causal import CEVAE, ate, ate_error, ite, sqrt_pehe  # noqa: E402
+from pvae.data import hidden_confounder_data  # noqa: E402
 from pvae.data import ihdp_split, load_ihdp  # noqa: E402
 from pvae.models import ModelGuidePair  # noqa: E402
 

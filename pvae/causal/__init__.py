@@ -1,6 +1,7 @@
 """Causal effects: the CEVAE program and do-queries on any fitted Pyro program."""
 
-from .cevae import CEVAE, CEVAEObjective, hidden_confounder_data
+from ..data.synthetic import hidden_confounder_data
+from .cevae import CEVAE, CEVAEObjective
 from .metrics import ate_error, sqrt_pehe
 from .queries import EffectEstimate, SiteError, ate, cate, ite, potential_outcomes
 

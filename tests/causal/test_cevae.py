@@ -12,7 +12,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from pvae.causal import CEVAE, EffectEstimate, ate_error, hidden_confounder_data, ite
+from pvae.causal import CEVAE, EffectEstimate, ate_error, ite
+from pvae.data import hidden_confounder_data
 from pvae.models import Program
 
 SMALL = dict(latent_dim=2, hidden_dim=8, num_layers=2, num_samples=5)
