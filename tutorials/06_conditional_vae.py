@@ -46,9 +46,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import pvae  # noqa: E402
+from pvae.analysis.figures import draw_image_grid  # noqa: E402
 from pvae.data import load_digits  # noqa: E402
 from pvae.models import ConditionalVAE  # noqa: E402
 
@@ -64,15 +64,6 @@ def save(fig, name: str) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print("saved", path)
-
-
-def show_grid(ax, images, rows: int, cols: int) -> None:
-    """Draw ``rows * cols`` flattened 8x8 images as a grid, one blank pixel apart."""
-    tiles = F.pad(images.reshape(rows, cols, 8, 8), (0, 1, 0, 1))
-    grid = tiles.permute(0, 2, 1, 3).reshape(rows * 9, cols * 9)
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 # %% [markdown]
@@ -132,7 +123,7 @@ with torch.no_grad():
     px = cvae.decode(z.repeat(10, 1), labels)
     images = cvae.likelihood.point(px.base_dist)
 fig, ax = plt.subplots(figsize=(num_styles * 0.6, 10 * 0.6))
-show_grid(ax, images, 10, num_styles)
+draw_image_grid(ax, images, 10, num_styles)
 ax.set_ylabel("class c = 0 ... 9")
 ax.set_xlabel("style z_j (the same along each column)")
 ax.set_title("CVAE: generate each class")
@@ -154,7 +145,7 @@ for k in range(10):
     rows.append(cvae.transfer(x_show, y_show, torch.full((n_show,), k)))
 images = torch.stack(rows, 1).reshape(-1, 64)
 fig, ax = plt.subplots(figsize=(11 * 0.6, n_show * 0.6))
-show_grid(ax, images, n_show, 11)
+draw_image_grid(ax, images, n_show, 11)
 ax.set_xlabel("input | decoded as c = 0 ... 9")
 ax.set_title("style transfer: encode with the true label, decode with another")
 save(fig, "style_transfer")

@@ -56,6 +56,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import pvae  # noqa: E402
+from pvae.analysis.figures import draw_image_grid  # noqa: E402
 from pvae.data import load_digits  # noqa: E402
 from pvae.models import MultimodalVAE  # noqa: E402
 
@@ -71,15 +72,6 @@ def save(fig, name: str) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print("saved", path)
-
-
-def show_grid(ax, images, rows: int, cols: int) -> None:
-    """Draw ``rows * cols`` flattened 8x8 images as a grid, one blank pixel apart."""
-    tiles = F.pad(images.reshape(rows, cols, 8, 8), (0, 1, 0, 1))
-    grid = tiles.permute(0, 2, 1, 3).reshape(rows * 9, cols * 9)
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 # %% [markdown]
@@ -163,7 +155,7 @@ with torch.no_grad():
     z = post.sample((num_draws,))  # (draws, 10 classes, latent)
     decoded = mvae.likelihoods[0].point(mvae.decode(z, "image").base_dist)  # (draws, 10, 64)
 fig, ax = plt.subplots(figsize=(num_draws * 0.6, 10 * 0.6))
-show_grid(ax, decoded.transpose(0, 1).reshape(-1, 64), 10, num_draws)
+draw_image_grid(ax, decoded.transpose(0, 1).reshape(-1, 64), 10, num_draws)
 ax.set_ylabel("label 0 ... 9")
 ax.set_xlabel("draws from q(z | label)")
 ax.set_title("cross-modal label -> image")

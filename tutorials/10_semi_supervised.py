@@ -61,6 +61,7 @@ from pyro.infer import TraceEnum_ELBO  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import pvae  # noqa: E402
+from pvae.analysis.figures import draw_image_grid  # noqa: E402
 from pvae.data import load_digits  # noqa: E402
 from pvae.infer import EnumElboObjective  # noqa: E402
 from pvae.models import SemiSupervisedVAE  # noqa: E402
@@ -78,15 +79,6 @@ def save(fig, name: str) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print("saved", path)
-
-
-def show_grid(ax, images, rows: int, cols: int) -> None:
-    """Draw ``rows * cols`` flattened 8x8 images as a grid, one blank pixel apart."""
-    tiles = F.pad(images.reshape(rows, cols, 8, 8), (0, 1, 0, 1))
-    grid = tiles.permute(0, 2, 1, 3).reshape(rows * 9, cols * 9)
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 # %% [markdown]
@@ -211,7 +203,7 @@ with torch.no_grad():
     labels = torch.arange(10).repeat_interleave(num_styles)
     images = ssvae.likelihood.point(ssvae.decode(z.repeat(10, 1), labels).base_dist)
 fig, ax = plt.subplots(figsize=(num_styles * 0.6, 10 * 0.6))
-show_grid(ax, images, 10, num_styles)
+draw_image_grid(ax, images, 10, num_styles)
 ax.set_ylabel("class y = 0 ... 9")
 ax.set_xlabel("style z_j")
 ax.set_title("SSVAE: each class from the same styles")

@@ -54,9 +54,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import pvae  # noqa: E402
+from pvae.analysis.figures import draw_image_grid  # noqa: E402
 from pvae.data import load_digits  # noqa: E402
 from pvae.models import GumbelSoftmaxCategorical, RelaxedCategoricalVAE  # noqa: E402
 
@@ -72,15 +72,6 @@ def save(fig, name: str) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print("saved", path)
-
-
-def show_grid(ax, images, rows: int, cols: int) -> None:
-    """Draw ``rows * cols`` flattened 8x8 images as a grid, one blank pixel apart."""
-    tiles = F.pad(images.reshape(rows, cols, 8, 8), (0, 1, 0, 1))
-    grid = tiles.permute(0, 2, 1, 3).reshape(rows * 9, cols * 9)
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 digits = load_digits(binarize=True)
@@ -233,7 +224,7 @@ with torch.no_grad():
     assigned = probe.encode(digits.x).argmax(-1).squeeze(-1)
 images = torch.cat([means[:, None], draws], 1).reshape(-1, 64)
 fig, ax = plt.subplots(figsize=(8 * 0.6, 10 * 0.6))
-show_grid(ax, images, 10, 8)
+draw_image_grid(ax, images, 10, 8)
 labels = []
 for k in range(10):
     members = digits.y[assigned == k]

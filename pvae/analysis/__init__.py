@@ -7,6 +7,7 @@ problems with a VAE prior, and figures (each writes one PNG and returns its path
 
 from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals
 from .figures import (
+    draw_image_grid,
     plot_geodesics,
     plot_image,
     plot_image_rows,
@@ -44,6 +45,7 @@ __all__ = [
     "anomaly_scores",
     "curve_length",
     "decoder_mean",
+    "draw_image_grid",
     "encode_mean",
     "geodesic_dijkstra",
     "geodesic_optimize",

@@ -25,11 +25,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = [
+    "draw_image_grid",
+    "plot_geodesics",
     "plot_image",
+    "plot_image_rows",
+    "plot_interpolation",
     "plot_latent_map",
     "plot_reconstructions",
     "plot_samples",
     "plot_training_curves",
+    "plot_traversal",
 ]
 
 PathLike = str | os.PathLike
@@ -117,6 +122,33 @@ def _image_grid(
 
 
 # -- public figures ----------------------------------------------------------------
+def draw_image_grid(ax: Any, images: Any, rows: int, cols: int, image_shape: Sequence[int] = (8, 8)) -> None:
+    """Draw ``rows * cols`` flattened images on one matplotlib axis, one blank pixel apart.
+
+    For composing figures of one's own (the ``plot_*`` functions each write a
+    whole figure). Values are drawn on the fixed scale [0, 1] (``gray_r``):
+    pixel intensities or Bernoulli means.
+
+    :param ax: a matplotlib ``Axes``.
+    :param images: ``(rows * cols, prod(image_shape))`` tensor or array, row-major.
+    :param int rows: image rows of the grid.
+    :param int cols: image columns of the grid.
+    :param image_shape: ``(height, width)`` of one image. Default (8, 8), the digits.
+    :raises ValueError: when the number of values does not fill the grid.
+    """
+    h, w = (int(s) for s in image_shape)
+    arr = _numpy(images, "images")
+    if arr.size != rows * cols * h * w:
+        raise ValueError(
+            f"images hold {arr.size} values; a {rows} x {cols} grid of {h} x {w} images needs "
+            f"{rows * cols * h * w}. Try rows * cols = {arr.size // (h * w)} or another image_shape."
+        )
+    tiles = np.pad(arr.reshape(rows, cols, h, w), ((0, 0), (0, 0), (0, 1), (0, 1)))
+    ax.imshow(tiles.transpose(0, 2, 1, 3).reshape(rows * (h + 1), cols * (w + 1)), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot_training_curves(history: Any, path: PathLike) -> Path:
     """Plot the ELBO, reconstruction and KL terms per epoch, train and validation.
 
@@ -240,9 +272,6 @@ def plot_latent_map(z_loc: Any, labels: Any, path: PathLike, title: str | None =
 
 
 # -- latent-space figures (issue 7: traversals, interpolations, geodesics) -----------
-__all__ += ["plot_geodesics", "plot_image_rows", "plot_interpolation", "plot_traversal"]
-
-
 def _grid_rows(images: Any, name: str, image_shape: Sequence[int] | None) -> list[np.ndarray]:
     """``(n_cols, d)`` or ``(n_rows, n_cols, d)`` -> a list of ``(n_cols, d)`` arrays."""
     arr = _numpy(images, name)
