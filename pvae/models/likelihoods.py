@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributions.utils import broadcast_all
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from .nets import DiagonalNormal, positive
+from .nets import DiagonalNormal, Independent, positive
 
 LikelihoodName = Literal[
     "bernoulli",
@@ -133,7 +133,7 @@ class Likelihood(nn.Module):
             )
 
 
-class _BernoulliFeatures(dist.Independent):
+class _BernoulliFeatures(Independent):
     """Independent Bernoulli features, summed before the sign flip.
 
     The same density as ``Bernoulli(logits).to_event(n)``:
@@ -154,7 +154,14 @@ class _BernoulliFeatures(dist.Independent):
 
 
 class _BernoulliLogits(dist.Bernoulli):
-    """``dist.Bernoulli`` whose :meth:`to_event` gives :class:`_BernoulliFeatures`."""
+    """``dist.Bernoulli`` whose :meth:`to_event` gives :class:`_BernoulliFeatures`
+    (and whose :meth:`expand` to its own batch shape is free, see
+    :class:`~pvae.models.nets.Independent`)."""
+
+    def expand(self, batch_shape, _instance=None) -> dist.Bernoulli:
+        if _instance is None and tuple(batch_shape) == tuple(self.batch_shape):
+            return self
+        return super().expand(batch_shape, _instance)
 
     def to_event(self, reinterpreted_batch_ndims: int | None = None) -> dist.TorchDistribution:
         if reinterpreted_batch_ndims is None:

@@ -21,7 +21,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 MIN_SCALE = 1e-4
 
-__all__ = ["Activation", "DiagonalNormal", "NormalHead", "diagonal_normal", "mlp", "positive"]
+__all__ = ["Activation", "DiagonalNormal", "Independent", "NormalHead", "diagonal_normal", "mlp", "positive"]
 
 
 def _activation(name: str) -> nn.Module:
@@ -82,6 +82,21 @@ class NormalHead(nn.Module):
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+class Independent(dist.Independent):
+    """``dist.Independent`` whose :meth:`expand` to its own batch shape is free.
+
+    Pyro's plates expand a site's distribution once per enclosing plate, also
+    when it already has the plates' shape (a likelihood computed from a
+    decoder's ``(K, batch, D)`` output); torch builds a new object every time.
+    Distributions are immutable, so the same one serves.
+    """
+
+    def expand(self, batch_shape, _instance=None) -> dist.Independent:
+        if _instance is None and tuple(batch_shape) == tuple(self.batch_shape):
+            return self
+        return super().expand(batch_shape, _instance)
+
+
 class DiagonalNormal(dist.Normal):
     """``dist.Normal`` whose :meth:`log_prob` works on its parameters before broadcasting.
 
@@ -100,9 +115,16 @@ class DiagonalNormal(dist.Normal):
     """
 
     def expand(self, batch_shape, _instance=None) -> "DiagonalNormal":
+        if _instance is None and tuple(batch_shape) == tuple(self.batch_shape):
+            return self
         new = super().expand(batch_shape, _instance)
         new._unexpanded = self.__dict__.get("_unexpanded", (self.loc, self.scale))
         return new
+
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> dist.TorchDistribution:
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = len(self.batch_shape)
+        return Independent(self, reinterpreted_batch_ndims) if reinterpreted_batch_ndims else self
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
