@@ -288,3 +288,52 @@ def test_outcome_weight_scales_the_outcome_site():
     assert model.config()["outcome_weight"] == 5.0
     with pytest.raises(ValueError, match="outcome_weight must be a positive number"):
         CEVAE(4, outcome_weight=0)
+
+
+def test_outcome_networks_that_read_x_and_per_arm_standardisation(tmp_path):
+    x, t, y = _data("normal", 40)
+    y = y + 50 * t  # arms far apart: pooled and per-arm standardisation differ
+    model = CEVAE(4, "normal", outcome_inputs="zx", outcome_standardisation="arm", **SMALL)
+    valid = (x[30:], t[30:], y[30:])
+    x, t, y = x[:30], t[:30], y[:30]
+    model.fit(x, t, y, num_epochs=2, batch_size=16, validation_data=valid, early_stopping="outcome", seed=0)
+    assert model.py0[0].in_features == model.py1[0].in_features == SMALL["latent_dim"] + 4
+    for arm in (0, 1):  # each arm's own mean and standard deviation, not the pooled ones
+        ya = y[t == arm]
+        assert float(model.y_arm_loc[arm]) == pytest.approx(float(ya.mean()), rel=1e-5)
+        assert float(model.y_arm_scale[arm]) == pytest.approx(float(ya.std(unbiased=False)), rel=1e-5)
+    assert float(model.y_loc) == pytest.approx(float(y.mean()), rel=1e-5)
+    # the model's outcome is in the data's units: standardising then mapping back is the identity
+    arm = torch.tensor([0.0, 1.0])
+    loc, scale = model._y_affine(arm)
+    torch.testing.assert_close(loc + scale * model._standardise_y(torch.tensor([3.0, 70.0]), arm), torch.tensor([3.0, 70.0]))
+    tau = model.ite(x)
+    assert tau.shape == (30,) and torch.isfinite(tau).all()
+    path = tmp_path / "zx.pt"
+    model.save(path)
+    again = CEVAE.load(path)
+    assert again.config()["outcome_inputs"] == "zx" and again.config()["outcome_standardisation"] == "arm"
+    pyro.set_rng_seed(3)
+    expected = model.ite(x)
+    pyro.set_rng_seed(3)
+    torch.testing.assert_close(again.ite(x), expected, rtol=0, atol=0)
+
+
+def test_an_arm_too_small_to_standardise_falls_back_to_the_pooled_values():
+    x, _, y = _data("normal", 12)
+    t = torch.zeros(12)
+    t[0] = 1.0  # one treated unit: no standard deviation
+    model = CEVAE(4, "normal", outcome_standardisation="arm", **SMALL)
+    model.fit(x, t, y, num_epochs=1)
+    assert float(model.y_arm_scale[1]) == pytest.approx(float(model.y_scale))
+    assert float(model.y_arm_loc[1]) == pytest.approx(float(model.y_loc))
+    assert float(model.y_arm_loc[0]) == pytest.approx(float(y[1:].mean()), rel=1e-5)
+
+
+def test_outcome_option_errors():
+    with pytest.raises(ValueError, match="outcome_inputs must be 'z' or 'zx'"):
+        CEVAE(4, "normal", outcome_inputs="x")
+    with pytest.raises(ValueError, match="outcome_standardisation must be 'pooled' or 'arm'"):
+        CEVAE(4, "normal", outcome_standardisation="each")
+    with pytest.raises(ValueError, match="outcome_standardisation='arm' needs a location-scale outcome"):
+        CEVAE(4, "bernoulli", outcome_standardisation="arm")
