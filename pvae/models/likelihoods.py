@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributions.utils import broadcast_all
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from .nets import DiagonalNormal, Independent, positive
+from .nets import DiagonalNormal, EventWrapped, Independent, positive
 
 LikelihoodName = Literal[
     "bernoulli",
@@ -153,22 +153,10 @@ class _BernoulliFeatures(Independent):
         return bce.flatten(-n).sum(-1).neg() if n else bce.neg()
 
 
-class _BernoulliLogits(dist.Bernoulli):
-    """``dist.Bernoulli`` whose :meth:`to_event` gives :class:`_BernoulliFeatures`
-    (and whose :meth:`expand` to its own batch shape is free, see
-    :class:`~pvae.models.nets.Independent`)."""
+class _BernoulliLogits(EventWrapped, dist.Bernoulli):
+    """``dist.Bernoulli`` whose :meth:`to_event` gives :class:`_BernoulliFeatures`."""
 
-    def expand(self, batch_shape, _instance=None) -> dist.Bernoulli:
-        if _instance is None and tuple(batch_shape) == tuple(self.batch_shape):
-            return self
-        return super().expand(batch_shape, _instance)
-
-    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> dist.TorchDistribution:
-        if reinterpreted_batch_ndims is None:
-            reinterpreted_batch_ndims = len(self.batch_shape)
-        if reinterpreted_batch_ndims == 0:
-            return self
-        return _BernoulliFeatures(self, reinterpreted_batch_ndims)
+    event_class = _BernoulliFeatures
 
 
 class _Bernoulli(Likelihood):

@@ -21,7 +21,17 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 MIN_SCALE = 1e-4
 
-__all__ = ["Activation", "DiagonalNormal", "Independent", "NormalHead", "diagonal_normal", "mlp", "positive"]
+__all__ = [
+    "Activation",
+    "DiagonalNormal",
+    "EventWrapped",
+    "Independent",
+    "NormalHead",
+    "SameShapeExpand",
+    "diagonal_normal",
+    "mlp",
+    "positive",
+]
 
 
 def _activation(name: str) -> nn.Module:
@@ -82,8 +92,8 @@ class NormalHead(nn.Module):
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class Independent(dist.Independent):
-    """``dist.Independent`` whose :meth:`expand` to its own batch shape is free.
+class SameShapeExpand:
+    """Mixin for distributions: :meth:`expand` to the own batch shape is free.
 
     Pyro's plates expand a site's distribution once per enclosing plate, also
     when it already has the plates' shape (a likelihood computed from a
@@ -91,13 +101,30 @@ class Independent(dist.Independent):
     Distributions are immutable, so the same one serves.
     """
 
-    def expand(self, batch_shape, _instance=None) -> dist.Independent:
+    def expand(self, batch_shape, _instance=None):
         if _instance is None and tuple(batch_shape) == tuple(self.batch_shape):
             return self
         return super().expand(batch_shape, _instance)
 
 
-class DiagonalNormal(dist.Normal):
+class Independent(SameShapeExpand, dist.Independent):
+    """``dist.Independent`` with a free same-shape :meth:`expand` (:class:`SameShapeExpand`)."""
+
+
+class EventWrapped(SameShapeExpand):
+    """Mixin for leaf distributions: :meth:`to_event` wraps in :attr:`event_class`
+    (an :class:`Independent` that keeps the free same-shape expand, or one
+    with a cheaper ``log_prob``)."""
+
+    event_class: type = Independent
+
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> dist.TorchDistribution:
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = len(self.batch_shape)
+        return self.event_class(self, reinterpreted_batch_ndims) if reinterpreted_batch_ndims else self
+
+
+class DiagonalNormal(EventWrapped, dist.Normal):
     """``dist.Normal`` whose :meth:`log_prob` works on its parameters before broadcasting.
 
     .. math::
@@ -115,16 +142,10 @@ class DiagonalNormal(dist.Normal):
     """
 
     def expand(self, batch_shape, _instance=None) -> "DiagonalNormal":
-        if _instance is None and tuple(batch_shape) == tuple(self.batch_shape):
-            return self
         new = super().expand(batch_shape, _instance)
-        new._unexpanded = self.__dict__.get("_unexpanded", (self.loc, self.scale))
+        if new is not self:
+            new._unexpanded = self.__dict__.get("_unexpanded", (self.loc, self.scale))
         return new
-
-    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> dist.TorchDistribution:
-        if reinterpreted_batch_ndims is None:
-            reinterpreted_batch_ndims = len(self.batch_shape)
-        return Independent(self, reinterpreted_batch_ndims) if reinterpreted_batch_ndims else self
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
