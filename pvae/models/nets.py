@@ -8,6 +8,7 @@ from typing import Literal, Sequence
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from torch.distributions.utils import _standard_normal
 from torch import nn
 
 Activation = Literal["relu", "tanh", "elu", "softplus", "gelu", "silu"]
@@ -28,6 +29,7 @@ __all__ = [
     "Independent",
     "NormalHead",
     "SameShapeExpand",
+    "StandardNormal",
     "diagonal_normal",
     "mlp",
     "positive",
@@ -147,14 +149,49 @@ class DiagonalNormal(EventWrapped, dist.Normal):
             new._unexpanded = self.__dict__.get("_unexpanded", (self.loc, self.scale))
         return new
 
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = _standard_normal(shape, dtype=self.loc.dtype, device=self.loc.device)
+        value = self.loc + eps * self.scale
+        self._drawn = (value, eps)
+        return value
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         loc, scale = self.__dict__.get("_unexpanded", (self.loc, self.scale))
-        lp = (value - loc).pow(2).div(scale.pow(2).mul(-2.0)).sub(scale.log()).sub(_HALF_LOG_2PI)
-        if lp.shape == self.batch_shape:
-            return lp
-        return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+        drawn = self.__dict__.get("_drawn")
+        if drawn is not None and value is drawn[0]:
+            # z = loc + scale * eps from rsample: (z - loc) / scale is eps, whose total
+            # derivative in loc and scale is zero, so value and gradient are unchanged
+            lp = drawn[1].pow(2).mul(-0.5).sub(scale.log()).sub(_HALF_LOG_2PI)
+        else:
+            lp = (value - loc).pow(2).div(scale.pow(2).mul(-2.0)).sub(scale.log()).sub(_HALF_LOG_2PI)
+        return _as_batch(lp, self.batch_shape)
+
+
+class StandardNormal(DiagonalNormal):
+    """:math:`\\mathcal N(0, 1)` elementwise: a latent prior.
+
+    ``loc`` and ``scale`` must be zeros and ones; they give the shape, dtype
+    and device (and serve sampling, ``mean``, KL divergences), while
+    :meth:`log_prob` is :math:`-\\tfrac12 z^2 - \\tfrac12 \\log 2\\pi` without
+    arithmetic on them (checked when validation is on).
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+            if not (bool((self.loc == 0).all()) and bool((self.scale == 1).all())):
+                raise ValueError("StandardNormal needs loc = 0 and scale = 1; use DiagonalNormal.")
+        return _as_batch(value.pow(2).mul(-0.5).sub(_HALF_LOG_2PI), self.batch_shape)
+
+
+def _as_batch(lp: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
+    """``lp`` broadcast to ``batch_shape`` (log-densities of unexpanded parameters)."""
+    if lp.shape == batch_shape:
+        return lp
+    return lp.expand(torch.broadcast_shapes(lp.shape, batch_shape))
 
 
 def diagonal_normal(loc: torch.Tensor, scale: torch.Tensor) -> dist.TorchDistribution:

@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
-from .nets import Activation, NormalHead, diagonal_normal, mlp
+from .nets import Activation, NormalHead, StandardNormal, diagonal_normal, mlp
 
 __all__ = ["VAE"]
 
@@ -60,7 +60,7 @@ class _StandardNormalLatent(PyroModule):
         self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
 
     def _prior(self) -> dist.TorchDistribution:
-        return diagonal_normal(self.prior_loc, self.prior_scale)
+        return StandardNormal(self.prior_loc, self.prior_scale).to_event(1)
 
     def _beta_scaled(self):
         return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()

@@ -8,7 +8,7 @@ from pyro import poutine
 
 from pvae.infer.objectives import detach_distribution
 from pvae.models.likelihoods import make_likelihood
-from pvae.models.nets import DiagonalNormal, Independent, diagonal_normal
+from pvae.models.nets import DiagonalNormal, Independent, StandardNormal, diagonal_normal
 
 
 def _params(*shape):
@@ -35,6 +35,46 @@ def test_diagonal_normal_matches_normal_after_expansion_in_value_and_gradient():
     detached = detach_distribution(ours)
     torch.testing.assert_close(detached.log_prob(z), lp_ref)
     assert not detached.log_prob(z.detach()).requires_grad
+
+
+def test_log_prob_of_its_own_draw_uses_the_noise_with_torchs_value_and_gradient():
+    """log q(z) at z = loc + scale * eps from rsample is computed from eps: same value,
+    same total gradient in loc and scale; DReG's detached copy still differentiates through z."""
+    loc, scale = _params(4, 3)
+    ours = diagonal_normal(loc, scale).expand((5, 4))
+    z = ours.rsample()
+    assert z is ours.base_dist._drawn[0]  # the draw the shortcut recognises
+    ref = dist.Normal(loc, scale).to_event(1)
+    lp, lp_ref = ours.log_prob(z), ref.log_prob(z)
+    torch.testing.assert_close(lp, lp_ref)
+    # d/dloc is zero (z moves with loc): absent from the graph rather than computed as 0
+    for g, g_ref in zip(torch.autograd.grad(lp.sum(), [loc, scale], retain_graph=True, materialize_grads=True),
+                        torch.autograd.grad(lp_ref.sum(), [loc, scale], retain_graph=True)):
+        torch.testing.assert_close(g, g_ref)
+    # the path derivative (STL/DReG): parameters detached, gradient through z only, nonzero
+    lp_stl = detach_distribution(ours).log_prob(z)
+    ref_stl = dist.Normal(loc.detach(), scale.detach()).to_event(1).log_prob(z)
+    torch.testing.assert_close(lp_stl, ref_stl)
+    g_stl = torch.autograd.grad(lp_stl.sum(), [loc, scale], retain_graph=True)
+    g_ref = torch.autograd.grad(ref_stl.sum(), [loc, scale])
+    assert g_stl[0].abs().sum() > 0
+    for g, gr in zip(g_stl, g_ref):
+        torch.testing.assert_close(g, gr)
+    # any other tensor, even equal in value, takes the general formula
+    other = z.detach().clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(ours.log_prob(other).sum(), other)[0],
+                               torch.autograd.grad(ref.log_prob(other).sum(), other)[0])
+
+
+def test_standard_normal_prior_matches_normal_and_refuses_other_parameters():
+    zeros, ones = torch.zeros(3), torch.ones(3)
+    prior = StandardNormal(zeros, ones).to_event(1).expand((5, 4))
+    z = torch.randn(5, 4, 3, requires_grad=True)
+    lp, lp_ref = prior.log_prob(z), dist.Normal(0.0, 1.0).expand((3,)).to_event(1).log_prob(z)
+    torch.testing.assert_close(lp, lp_ref)
+    torch.testing.assert_close(torch.autograd.grad(lp.sum(), z)[0], -z)
+    with pytest.raises(ValueError, match="loc = 0 and scale = 1"):
+        StandardNormal(zeros + 1, ones, validate_args=True).log_prob(z)
 
 
 def test_same_shape_expand_returns_the_distribution_and_other_shapes_a_new_one():
