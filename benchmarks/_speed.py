@@ -5,7 +5,8 @@ layers, a diagonal-Gaussian encoder (softplus scale + 1e-4), a Bernoulli
 likelihood, batch 100, Adam with learning rate 1e-3. Methods run one epoch
 each in turn (interleaved, in one process) so that machine noise hits them
 alike; medians are taken by the wall clock and by the process's CPU time
-(which other processes on a busy machine disturb far less).
+(which other processes on a busy machine disturb far less), and each ratio is
+the median over rounds of the ratio within a round (paired).
 """
 
 from __future__ import annotations
@@ -106,9 +107,18 @@ class Clock:
                  callback=lambda row: marks.append((time.perf_counter(), time.process_time())), **fit_kwargs)
         self.add(key, marks[1][0] - marks[0][0], marks[1][1] - marks[0][1])
 
-    def medians(self, skip: int = 1) -> dict[str, dict[str, float]]:
-        return {clock: {k: statistics.median(v[skip:]) for k, v in times.items()}
-                for clock, times in (("wall", self.wall), ("cpu", self.cpu))}
+    def medians(self, skip: int = 1, baseline: str = "a") -> dict[str, dict[str, dict[str, float]]]:
+        """Per clock: the median seconds per epoch of each method (``"seconds"``) and the
+        median over rounds of its ratio to ``baseline`` in the same round (``"ratio"``:
+        paired, so slow drifts of the machine cancel). Round 0 (``skip``) warms up."""
+        out = {}
+        for clock, times in (("wall", self.wall), ("cpu", self.cpu)):
+            base = times[baseline][skip:]
+            out[clock] = {
+                "seconds": {k: statistics.median(v[skip:]) for k, v in times.items()},
+                "ratio": {k: statistics.median(t / b for t, b in zip(v[skip:], base)) for k, v in times.items()},
+            }
+        return out
 
 
 def datasets(data_dir: str) -> list[tuple[str, torch.Tensor, int]]:
@@ -123,8 +133,8 @@ def datasets(data_dir: str) -> list[tuple[str, torch.Tensor, int]]:
     return out
 
 
-def print_tables(rows: list[tuple[str, int, dict[str, dict[str, float]]]], columns: dict[str, str]) -> None:
-    """Median seconds per epoch per method and the ratio of each to method ``a``."""
+def print_tables(rows: list[tuple[str, int, dict]], columns: dict[str, str]) -> None:
+    """Median seconds per epoch per method and the median paired ratio of each to method ``a``."""
     keys = list(columns)
     head = f"{'data':10} {'n':>5} | " + " ".join(f"{columns[k]:>11}" for k in keys) + " | " + " ".join(
         f"{k + '/a':>5}" for k in keys[1:])
@@ -133,6 +143,6 @@ def print_tables(rows: list[tuple[str, int, dict[str, dict[str, float]]]], colum
         print(head)
         print("-" * len(head))
         for name, n, med in rows:
-            r = med[clock]
+            r, ratio = med[clock]["seconds"], med[clock]["ratio"]
             print(f"{name:10} {n:>5} | " + " ".join(f"{r[k]:11.4f}" for k in keys) + " | "
-                  + " ".join(f"{r[k] / r['a']:5.2f}" for k in keys[1:]))
+                  + " ".join(f"{ratio[k]:5.2f}" for k in keys[1:]))

@@ -12,7 +12,8 @@ batch 100, Adam with learning rate 1e-3, one CPU thread. Methods run one epoch
 each in turn (interleaved, in one process) so that machine noise hits them
 alike; the tables give the median seconds per epoch, by the wall clock and by
 the process's CPU time (which other processes on a busy machine disturb far
-less), and the ratio to the hand-written step (a).
+less), and the median over rounds of the ratio to the hand-written step (a)
+in the same round.
 
 (a) hand-written vectorised IWAE step in PyTorch, ``torch.optim.Adam`` (default foreach)
 (b) Pyro ``SVI`` + ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)``
@@ -44,7 +45,7 @@ from pvae.infer import IWAEObjective
 K = 5
 
 
-def bench(x: torch.Tensor, epochs: int) -> dict[str, dict[str, float]]:
+def bench(x: torch.Tensor, epochs: int) -> dict:
     d = x.shape[1]
     pyro.clear_param_store()
     clock = Clock()

@@ -28,7 +28,7 @@ from _speed import DEFAULT_MNIST, LATENT, HIDDEN, LR, Clock, datasets, encoder_d
 from _speed import minibatch_epoch, print_tables, pyro_program, torch_step
 
 
-def bench(x: torch.Tensor, epochs: int) -> dict[str, dict[str, float]]:
+def bench(x: torch.Tensor, epochs: int) -> dict:
     d = x.shape[1]
     pyro.clear_param_store()
     clock = Clock()
