@@ -82,10 +82,11 @@ paper and its reference code [4]:
 - two opt-in departures from the paper itself, for outcomes the latent does
   not carry well: outcome networks that also read :math:`x`
   (``outcome_inputs="zx"``) and per-arm outcome standardisation
-  (``outcome_standardisation="arm"``); with ``fit(early_stopping="outcome")``
-  they are the configuration behind the best IHDP numbers
-  (``benchmarks/ihdp.py``: out-of-sample sqrt(PEHE) 0.91 against 1.54 for
-  the paper's model);
+  (``outcome_standardisation="arm"``); with early stopping on the validation
+  outcome error, each arm's outcome network at its own best check
+  (``fit(early_stopping="outcome_per_arm")``), they are the configuration
+  behind the best IHDP numbers (``benchmarks/ihdp.py``: out-of-sample
+  sqrt(PEHE) 0.67 against 1.54 for the paper's model);
 - inputs are validated with errors that say what is wrong (Pyro's
   ``assert y.shape == y.shape[:1]`` is a tautology);
 - weight decay and the learning-rate decay mean what they mean in Pyro's
@@ -141,6 +142,7 @@ OutcomeDist = Literal["bernoulli", "normal", "laplace", "student_t", "exponentia
 _OUTCOMES = ("bernoulli", "exponential", "laplace", "normal", "student_t")
 _ALIASES = {"studentt": "student_t"}  # pyro.contrib.cevae's spelling
 _LOC_SCALE = ("normal", "laplace", "student_t")
+_EARLY_STOPPING = ("elbo", "outcome", "outcome_per_arm")
 FeatureType = Literal["binary", "continuous"]
 SAVE_FORMAT = "pvae-cevae-v1"
 logger = logging.getLogger(__name__)
@@ -622,7 +624,7 @@ class CEVAE(PyroModule):
         validation_data: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         validation_fraction: float = 0.0,
         patience: int | None = None,
-        early_stopping: Literal["elbo", "outcome"] = "elbo",
+        early_stopping: Literal["elbo", "outcome", "outcome_per_arm"] = "elbo",
         seed: int | None = None,
     ) -> list[float]:
         """Fit by stochastic variational inference with :class:`CEVAEObjective`.
@@ -659,9 +661,32 @@ class CEVAE(PyroModule):
             better score (None: train every epoch, then keep the best). The
             score is checked every ``max(1, num_epochs // 100)`` epochs.
         :param str early_stopping: validation score: ``"elbo"`` (the paper's
-            validation bound) or ``"outcome"`` (minus the squared error of the
-            factual outcome predicted from ``x`` alone, as effects are).
-            Default ``"elbo"``.
+            validation bound), ``"outcome"`` (minus the squared error of the
+            factual outcome predicted from ``x`` alone, as effects are) or
+            ``"outcome_per_arm"``: as ``"outcome"``, and then each outcome
+            network :math:`f_a` is taken from the check where its own arm's
+            validation error was lowest,
+
+            .. math::
+
+                e_a^\\star = \\arg\\min_e \\frac{1}{n_a} \\sum_{i:\\, t_i = a}
+                    \\big(y_i - \\hat\\mu_a^{(e)}(x_i)\\big)^2, \\qquad a = 0, 1,
+
+            the rest of the model from the check with the lowest pooled error.
+            :math:`f_0` and :math:`f_1` share no parameters (TARNet-style) and
+            are fitted on different rows, so their best training lengths
+            differ: on IHDP the small treated arm (about 85 rows) starts to
+            overfit within tens of epochs while the control arm's response
+            surface is still being fitted after hundreds; one shared stopping
+            epoch (dominated by the larger arm) trades one off against the
+            other. This is model selection per arm, as a T-learner does it
+            with one regressor per arm. An arm without validation rows keeps
+            the pooled choice. On IHDP (``benchmarks/ihdp.py``, ``pvae-x``,
+            10 replications x 2 seeds) it lowered the out-of-sample
+            sqrt(PEHE) from 0.92 to 0.67 and the ATE error from 0.22 to
+            0.15 against ``"outcome"``, at no extra training cost (in the
+            screening runs the treated network was kept from epochs 5-30, the
+            control network from epochs 20-560). Default ``"elbo"``.
         :param int seed: seed for Pyro, torch and numpy before training.
         :returns: the loss per datum of every step (Pyro's return value).
         :raises ValueError: on bad data or options, before anything is trained.
@@ -678,8 +703,8 @@ class CEVAE(PyroModule):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
         if not (isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 1):
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}. Try 0.2.")
-        if early_stopping not in ("elbo", "outcome"):
-            raise ValueError(f"early_stopping must be one of ['elbo', 'outcome'], got {early_stopping!r}.")
+        if early_stopping not in _EARLY_STOPPING:
+            raise ValueError(f"early_stopping must be one of {list(_EARLY_STOPPING)}, got {early_stopping!r}.")
         if patience is not None and (int(patience) != patience or patience < 1):
             raise ValueError(f"patience must be a positive integer or None, got {patience!r}.")
         if seed is not None:
@@ -726,6 +751,9 @@ class CEVAE(PyroModule):
         losses: list[float] = []
         self.training_history = []
         best, best_state, bad = -math.inf, None, 0
+        # outcome_per_arm: the lowest validation error of each arm's factual rows, and that arm's network then
+        arm_best: list[float] = [math.inf, math.inf]
+        arm_state: list[dict[str, torch.Tensor] | None] = [None, None]
         eval_every = max(1, num_epochs // 100)
         self.train()
         with torch.no_grad():  # Pyro's checks (if enabled) once, on the first batch; then off for speed
@@ -757,6 +785,12 @@ class CEVAE(PyroModule):
                 if valid is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
                     self.eval()
                     score = self._validation_score(*valid, criterion, val_objective)
+                    if criterion == "outcome_per_arm":
+                        score, arm_errors = score
+                        for arm, err in enumerate(arm_errors):
+                            if err < arm_best[arm]:
+                                arm_best[arm] = err
+                                arm_state[arm] = copy.deepcopy(self._modules[f"py{arm}"].state_dict())
                     self.train()
                     row["validation"] = score
                     if score > best:
@@ -770,6 +804,9 @@ class CEVAE(PyroModule):
                     break
         if best_state is not None:
             self.load_state_dict(best_state)
+        for arm, state in enumerate(arm_state):  # outcome_per_arm: each outcome network from its own arm's best check
+            if state is not None:
+                self._modules[f"py{arm}"].load_state_dict(state)
         self.eval()
         # held-out residual standard error of the arm means, used by ate_interval
         xs, ts, ys = valid if valid is not None else (x, t, y)
@@ -777,13 +814,19 @@ class CEVAE(PyroModule):
         return losses
 
     @torch.no_grad()
-    def _validation_score(self, x, t, y, criterion: str, objective: Objective) -> float:
+    def _validation_score(self, x, t, y, criterion: str, objective: Objective) -> Any:
+        """The validation score (higher is better); for ``"outcome_per_arm"`` also each arm's
+        mean squared error of its factual rows (``inf`` for an arm without rows)."""
         if criterion == "elbo":
             terms = objective(self.model, self.guide, (x, t, y), {})
             return float(terms.elbo) / x.shape[0]
         y0, y1 = self._arm_means(x, min(self.num_samples, 20))
-        pred = torch.where(t.to(torch.bool), y1, y0)
-        return -float(((pred - y) ** 2).mean() / self.y_scale**2)
+        treated = t.to(torch.bool)
+        sq = (torch.where(treated, y1, y0) - y) ** 2
+        score = -float(sq.mean() / self.y_scale**2)
+        if criterion == "outcome":
+            return score
+        return score, [float(sq[rows].mean()) if rows.any() else math.inf for rows in (~treated, treated)]
 
     @torch.no_grad()
     def _arm_stderr(self, x, t, y) -> float:

@@ -119,6 +119,52 @@ def test_validation_split_keeps_the_best_epoch():
     assert len(model2.training_history) < 30  # stopped early
 
 
+def test_outcome_per_arm_early_stopping_takes_each_outcome_network_from_its_arms_best_check(monkeypatch):
+    x, t, y = _data("normal", 60)
+    t[:4], t[4:8] = 1.0, 0.0  # both arms in the validation rows
+    valid, (x, t, y) = (x[:20], t[:20], y[:20]), (x[20:], t[20:], y[20:])
+    # a scripted validation score: the pooled score is best at check 2, the control arm at
+    # check 4, the treated arm at check 1; record the networks at every check
+    pooled = [-3.0, -1.0, -2.0, -2.5, -2.0]
+    errors = [[5.0, 1.0], [4.0, 2.0], [3.0, 3.0], [2.0, 4.0], [2.5, 5.0]]
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted(self, x, t, y, criterion, objective):
+        assert criterion == "outcome_per_arm"
+        seen.append(copy.deepcopy(self.state_dict()))
+        k = len(seen) - 1
+        return pooled[k], errors[k]
+
+    monkeypatch.setattr(CEVAE, "_validation_score", scripted)
+    model = CEVAE(4, "normal", outcome_inputs="zx", outcome_standardisation="arm", **SMALL)
+    model.fit(x, t, y, num_epochs=5, batch_size=20, validation_data=valid, early_stopping="outcome_per_arm", seed=0)
+    state = model.state_dict()
+    for name, value in state.items():
+        if name == "ate_stderr":  # set after training, from the chosen networks
+            continue
+        check = 3 if name.startswith("py0.") else 0 if name.startswith("py1.") else 1
+        torch.testing.assert_close(value, seen[check][name], rtol=0, atol=0, msg=name)
+    assert not torch.equal(seen[0]["py1.0.weight"], seen[1]["py1.0.weight"])  # the checks differ
+
+
+def test_outcome_per_arm_validation_errors_and_refusals():
+    x, t, y = _data("normal", 40)
+    model = CEVAE(4, "normal", **SMALL)
+    valid = (x[:10], torch.zeros(10), y[:10])  # no treated validation rows
+    model.fit(x[10:], t[10:], y[10:], num_epochs=3, batch_size=15, validation_data=valid,
+              early_stopping="outcome_per_arm", seed=0)
+    score, errors = model._validation_score(*valid, "outcome_per_arm", None)
+    assert errors[1] == float("inf") and errors[0] >= 0 and score <= 0
+    # the pooled score is the "outcome" criterion's
+    pyro.set_rng_seed(1)
+    pooled = model._validation_score(*valid, "outcome", None)
+    pyro.set_rng_seed(1)
+    assert model._validation_score(*valid, "outcome_per_arm", None)[0] == pytest.approx(pooled)
+    assert torch.isfinite(model.ite(x)).all()
+    with pytest.raises(ValueError, match="early_stopping must be one of"):
+        model.fit(x, t, y, num_epochs=1, early_stopping="per_arm")
+
+
 def test_pickle_round_trip_gives_the_same_ite(fitted, tmp_path):
     model, (x, _, _) = fitted
     buffer = io.BytesIO()
