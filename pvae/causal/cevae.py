@@ -134,7 +134,7 @@ from torch import nn
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
-from .queries import EffectEstimate, potential_outcomes
+from .queries import EffectEstimate
 
 __all__ = ["CEVAE", "CEVAEObjective", "OutcomeDist"]
 
@@ -856,13 +856,23 @@ class CEVAE(PyroModule):
         chunks = [x] if batch_size is None else list(x.split(int(batch_size)))
         was_training = self.training
         self.eval()
-        out = []
-        with pyro.validation_enabled(False):
-            for chunk in chunks:
-                y0, y1 = potential_outcomes(self, chunk, num_samples=num_samples, keep_draws=True)
-                out.append(torch.stack([y0.draws, y1.draws]))
+        with pyro.validation_enabled(False), poutine.block():
+            out = [self._arm_outcome_means(chunk, num_samples) for chunk in chunks]
         self.train(was_training)
         return torch.cat(out, -1)
+
+    def _arm_outcome_means(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``(2, num_samples, n)``: :math:`\\mathbb E[y \\mid do(t = a), z]` for ``num_samples``
+        draws :math:`z \\sim q(z \\mid x)` (the guide drawing its auxiliary t and y), a = 0, 1.
+
+        What :func:`pvae.causal.potential_outcomes` computes on this program (the
+        guide's latents replayed into the model under ``poutine.do``), read from
+        the outcome networks directly: the model's other sites (the decoder of
+        the features x, most of the work) do not enter the outcome's mean.
+        """
+        with pyro.plate("num_samples_vectorized", num_samples, dim=-2):
+            z = self.guide(x)
+        return torch.stack([self._y_dist(x.new_tensor(float(a)), z, x).mean for a in (0, 1)])
 
     def ite(self, x: Any, num_samples: int | None = None, batch_size: int | None = None) -> torch.Tensor:
         """Individual treatment effects of new units, as Pyro's ``CEVAE.ite``.
