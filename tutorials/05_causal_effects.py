@@ -233,10 +233,16 @@ else:
 # (`outcome_inputs="zx"`: $x$ then acts on $y$ directly as well as through
 # $z$), and per-arm standardisation of $y$
 # (`outcome_standardisation="arm"`), with early stopping on the validation
-# outcome error, which the skip connection needs (the small treated arm would
-# otherwise overfit). Over the 10 replications (`benchmarks/ihdp.py`) this
-# takes the out-of-sample $\sqrt{\text{PEHE}}$ from 1.54 to about 0.9,
-# at the price of a slightly larger ATE error (the README has the table).
+# outcome error, which the skip connection needs. The two arms want very
+# different training lengths: the treated network (about 85 training units)
+# is best after a few epochs and then overfits, while the control network is
+# still improving after hundreds. `early_stopping="outcome_per_arm"` keeps
+# each outcome network from the validation check where its own arm's factual
+# error was lowest (the networks share no parameters: per-arm model selection,
+# as a T-learner selects one regressor per arm) and the rest of the model from
+# the pooled best check. Over the 10 replications (`benchmarks/ihdp.py`) this
+# takes the out-of-sample $\sqrt{\text{PEHE}}$ from 1.54 to about 0.7 and
+# the ATE error from about 0.2 to about 0.15 (the README has the table).
 
 # %%
 if (ihdp_dir / "ihdp_npci_9.csv").is_file():
@@ -246,7 +252,7 @@ if (ihdp_dir / "ihdp_npci_9.csv").is_file():
     configs = {
         "paper: p(y | t, z)": ({}, {}),
         "zx + arm standardisation": (dict(outcome_inputs="zx", outcome_standardisation="arm"),
-                                     dict(early_stopping="outcome")),
+                                     dict(early_stopping="outcome_per_arm")),
     }
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, (label, (options, fit_options)) in zip(axes, configs.items()):

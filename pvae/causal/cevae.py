@@ -86,7 +86,7 @@ paper and its reference code [4]:
   outcome error, each arm's outcome network at its own best check
   (``fit(early_stopping="outcome_per_arm")``), they are the configuration
   behind the best IHDP numbers (``benchmarks/ihdp.py``: out-of-sample
-  sqrt(PEHE) 0.67 against 1.54 for the paper's model);
+  sqrt(PEHE) 0.67-0.73 against 1.52-1.54 for the paper's model);
 - inputs are validated with errors that say what is wrong (Pyro's
   ``assert y.shape == y.shape[:1]`` is a tautology);
 - weight decay and the learning-rate decay mean what they mean in Pyro's
