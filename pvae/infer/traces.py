@@ -18,9 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
@@ -135,6 +138,68 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwarg
     return max(dims, default=0)
 
 
+class _PairRecorder(Messenger):
+    """``poutine.trace``, ``poutine.replay`` and the particle ``pyro.plate`` in one handler.
+
+    Records every sample site of a run in a :class:`~pyro.poutine.Trace` (as
+    ``poutine.trace`` records it: a shallow copy of the site's message when it
+    leaves the effect stack), replays the latent values of ``replay`` (as
+    ``poutine.replay``), and with ``num_particles > 1`` adds the particle plate's
+    frame at ``dim`` and broadcasts each distribution over it (as a full-size
+    ``pyro.plate``, which draws no subsample). One pass over the effect stack
+    per site instead of three: Pyro's plate, trace and replay messengers cost
+    about 0.08 ms a training step, 2-3% of a small model's step.
+    """
+
+    def __init__(self, num_particles: int, dim: int, replay: Any = None) -> None:
+        super().__init__()
+        self.num_particles, self.dim = num_particles, dim
+        self.frame = CondIndepStackFrame(PARTICLE_PLATE, dim, num_particles, 0, num_particles)
+        self.replay = None if replay is None else replay.nodes
+        self.trace = Trace()
+
+    def _process_message(self, msg: dict) -> None:
+        if self.num_particles > 1:
+            self._broadcast(msg)
+        if self.replay is None or msg["type"] != "sample" or msg["is_observed"]:
+            return
+        site = self.replay.get(msg["name"])
+        if site is None:
+            return
+        if site["type"] != "sample" or site["is_observed"]:
+            raise RuntimeError(f"site {msg['name']} must be sampled in trace")
+        msg["done"], msg["value"], msg["infer"] = True, site["value"], site["infer"]
+
+    def _broadcast(self, msg: dict) -> None:
+        stack = msg["cond_indep_stack"]
+        if any(f.dim == self.dim for f in stack):
+            raise ValueError(
+                f"site {msg['name']!r} sits in a plate at dim {self.dim}, where the particle plate is: "
+                "the program nests its plates deeper than when max_plate_nesting was found. "
+                "Pass max_plate_nesting= (the deepest nesting of any run)."
+            )
+        msg["cond_indep_stack"] = (self.frame,) + stack
+        fn = msg["fn"]
+        if msg["type"] != "sample" or msg["done"] or not isinstance(fn, TorchDistributionMixin):
+            return
+        shape, n = list(fn.batch_shape), -self.dim
+        if len(shape) < n:
+            shape = [1] * (n - len(shape)) + shape
+        if shape[-n] == 1:
+            shape[-n] = self.num_particles
+        elif shape[-n] != self.num_particles:
+            raise ValueError(
+                f"Shape mismatch inside plate('{PARTICLE_PLATE}') at site {msg['name']} dim {self.dim}, "
+                f"{self.num_particles} vs {shape[-n]}"
+            )
+        if tuple(shape) != tuple(fn.batch_shape):
+            msg["fn"] = fn.expand(shape)
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample":
+            self.trace.add_node(msg["name"], **msg)
+
+
 def trace_pair(
     model: Callable,
     guide: Callable,
@@ -145,10 +210,11 @@ def trace_pair(
 ) -> tuple[Any, Any, int]:
     """Trace the guide, then the model replayed against it.
 
-    With ``num_particles > 1`` both run inside an outer
-    ``pyro.plate("num_particles_vectorized", num_particles)`` placed left of
+    With ``num_particles > 1`` both run inside an outer particle plate (named
+    ``"num_particles_vectorized"``, a full-size ``pyro.plate``) placed left of
     every plate of the program, so the particles are drawn in one vectorised
-    pass.
+    pass. The traces hold the sample sites (not ``pyro.param`` sites, inputs
+    or return values).
 
     :returns: ``(model_trace, guide_trace, particle_dim)``; ``particle_dim`` is
         the (negative) batch dimension of the particle plate.
@@ -156,12 +222,11 @@ def trace_pair(
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     particle_dim = -max_plate_nesting - 1
-    if num_particles > 1:
-        plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim)
-        guide, model = plate(guide), plate(model)
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace, particle_dim
+    with _PairRecorder(num_particles, particle_dim) as guide_run:
+        guide(*args, **kwargs)
+    with _PairRecorder(num_particles, particle_dim, replay=guide_run.trace) as model_run:
+        model(*args, **kwargs)
+    return model_run.trace, guide_run.trace, particle_dim
 
 
 def find_data_plate(model_trace, data_plate: str | None = None) -> tuple[str, int]:
