@@ -27,7 +27,11 @@ of each is measured on its own: peak RSS growth = ``resource.getrusage`` max RSS
 at the end minus the RSS before the estimate (torch has no CPU allocator
 statistics, and tracemalloc does not see torch's allocations). Times are wall
 and CPU (user + system) seconds of that process; CPU time is the fairer figure
-on a machine shared with other jobs.
+on a machine shared with other jobs. Both estimates run with glibc's heap
+trimming off (``STEADY_ALLOCATOR``; ``--default-allocator`` to time without):
+with the defaults, returning each chunk's buffers to the OS and faulting them
+back in costs seconds of system time that vary from run to run for either
+method.
 
 The full run (defaults: 10 epochs, 500 evidence images, one thread) takes about
 15-25 minutes on 2 CPU cores shared with other jobs. Quick check (about a minute)::
@@ -197,10 +201,21 @@ def _timed_estimate(method: str, state: dict[str, torch.Tensor], x: torch.Tensor
             "faults": (usage.ru_minflt - faults_before) / 1000}
 
 
+# glibc's defaults return freed chunk buffers (25 MB for 2000 images x 4 particles) to the
+# OS and fault them back in on the next chunk; how often depends on allocation order, not
+# on the code: 10-16 million minor faults (8 s of system time) for the same method from
+# run to run. Timed with trimming off and buffers up to 32 MB kept in the heap.
+STEADY_ALLOCATOR = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
 def time_evidence(vae: pvae.VAE, x: torch.Tensor, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """``iwae_bound`` against :func:`hand_iwae`, each in a fresh process."""
     # a forkserver is a clean single-threaded process: children forked from it
     # neither inherit this process's memory high-water mark nor its thread pools
+    if not args.default_allocator:
+        # the server (started below) and its children read these at start-up: large
+        # chunk buffers stay in glibc's heap instead of going back to the OS after each chunk
+        os.environ.update(STEADY_ALLOCATOR)
     ctx = multiprocessing.get_context("forkserver")
     state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     call = (state, x, args.evidence_particles, args.chunk_size, args.threads, args.seed)
@@ -253,8 +268,10 @@ def print_timing(timing: dict[str, dict[str, float]], n: int, args: argparse.Nam
           "support and every distribution's arguments on the first chunk.")
     print("peak MB: resource.getrusage max RSS at the end minus RSS before the estimate, each method in "
           "its own process forked from a forkserver; faults k: thousands of minor page faults during the\n"
-          "estimate (glibc returning freed chunk buffers to the OS and faulting them back in: system time that "
-          "varies from process to process for either method, hence the best of several runs).")
+          "estimate. " + ("glibc's heap trimming off (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_) for both methods."
+                          if not args.default_allocator else
+                          "glibc's default allocator: returning freed chunk buffers to the OS and faulting them back "
+                          "in costs system time that varies from process to process for either method."))
 
 
 def main() -> None:
@@ -273,6 +290,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="time with glibc's default heap trimming (noisier: see STEADY_ALLOCATOR)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = mnist_10k_split(args.data_dir, binarize="static")
