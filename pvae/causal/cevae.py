@@ -134,7 +134,7 @@ from torch import nn
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
-from .queries import EffectEstimate
+from .queries import _PARTICLES, EffectEstimate
 
 __all__ = ["CEVAE", "CEVAEObjective", "OutcomeDist"]
 
@@ -870,7 +870,7 @@ class CEVAE(PyroModule):
         the outcome networks directly: the model's other sites (the decoder of
         the features x, most of the work) do not enter the outcome's mean.
         """
-        with pyro.plate("num_samples_vectorized", num_samples, dim=-2):
+        with pyro.plate(_PARTICLES, num_samples, dim=-2):
             z = self.guide(x)
         return torch.stack([self._y_dist(x.new_tensor(float(a)), z, x).mean for a in (0, 1)])
 

@@ -57,7 +57,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from pyro.util import get_rng_state, set_rng_state
 
 from ..infer.traces import find_data_plate, guess_max_plate_nesting
 from ..models.base import DATA_PLATE, OUTCOME_SITE, TREATMENT_SITE, Program, as_program
@@ -232,13 +231,9 @@ def _outcome_draws(
     model, guide = program.model, program.guide
     # the probes leave the RNG where it was: under a seed, the posterior draws below are
     # those of a plain vectorised guide run (as in CEVAE's own queries)
-    rng = get_rng_state()
-    try:
-        with poutine.block():
-            nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-            probe = poutine.trace(model).get_trace(*args, **kwargs)
-    finally:
-        set_rng_state(rng)
+    with torch.random.fork_rng(devices=[]), poutine.block():
+        nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+        probe = poutine.trace(model).get_trace(*args, **kwargs)
     _check_sites(probe, treatment, outcome)
     batch = _units(probe, outcome, data_plate)
     particle_dim = -nesting - 1

@@ -107,11 +107,8 @@ class Objective:
         if key not in self._max_plate_nesting:
             # the guess runs the program once; keep the RNG where it was, so that a
             # seeded evaluation gives the same draws whether the cache is warm or not
-            rng = torch.get_rng_state()
-            try:
+            with torch.random.fork_rng(devices=[]):
                 self._max_plate_nesting[key] = guess_max_plate_nesting(model, guide, args, kwargs)
-            finally:
-                torch.set_rng_state(rng)
         return self._max_plate_nesting[key]
 
     def _check_detachable_once(self, model: Callable, model_trace: Any, guide_trace: Any, what: str) -> None:
