@@ -73,7 +73,7 @@ from torch.distributions import Independent
 
 from ..infer.bounds import iwae_bound
 from ..infer.traces import site_log_probs
-from ..models.base import as_program
+from ..models.base import as_program, program_verb
 
 __all__ = ["SCORES", "AnomalyDetector", "anomaly_scores", "pearson_residuals"]
 
@@ -156,6 +156,7 @@ def _moments(fn, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.expand(shape), var.expand(shape)
 
 
+@program_verb()
 def pearson_residuals(
     program: Any,
     *args: Any,
@@ -203,7 +204,6 @@ def pearson_residuals(
         NaN at masked (missing) entries.
     :raises ValueError: for a family without finite mean and variance.
     """
-    program = as_program(program)
     _check_choice("at", at, _AT)
     _check_count("num_samples", num_samples)
     if not min_variance > 0:
@@ -241,6 +241,7 @@ def pearson_residuals(
 
 
 # -- scores --------------------------------------------------------------------------
+@program_verb()
 def anomaly_scores(
     program: Any,
     *args: Any,
@@ -270,7 +271,6 @@ def anomaly_scores(
     :param kwargs: the program's keyword arguments.
     :returns: ``(batch,)`` tensor.
     """
-    program = as_program(program)
     _check_choice("score", score, SCORES)
     _check_count("num_particles", num_particles)
     _check_count("batch_size", batch_size, allow_none=True)

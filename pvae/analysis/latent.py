@@ -51,6 +51,8 @@ from typing import Any, Callable, Literal, Sequence
 import pyro
 import torch
 
+from ..inputs import as_data_args
+
 __all__ = [
     "decoder_mean",
     "encode_mean",
@@ -95,7 +97,7 @@ def decoder_mean(program: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
     The returned function takes ``z`` of shape ``(..., latent_dim)`` and returns
     ``(..., input_dim)``, differentiably (use it with
-    :func:`pvae.analysis.geometry.pullback_metric`, :func:`torch.func.jacrev`
+    :func:`pvae.analysis.pullback_metric`, :func:`torch.func.jacrev`
     and :func:`torch.func.vmap`). Pyro's distribution validation is switched
     off inside it, as ``vmap`` cannot run data-dependent checks.
 
@@ -163,7 +165,7 @@ def encode_mean(program: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     :raises TypeError: if ``program`` has no ``encode`` or it returns something else.
     """
     encode = _require(program, "encode", "it maps data x to the parameters of q(z | x)")
-    out = encode(x, *args, **kwargs)
+    out = encode(*as_data_args(program, (x, *args)), **kwargs)
     if isinstance(out, torch.distributions.Distribution):
         return out.mean
     if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out):

@@ -325,6 +325,10 @@ class CEVAE(PyroModule):
         (``benchmarks/ihdp.py``).
     """
 
+    #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
+    data_kinds = ("features", "features", "features")
+    data_names = ("x", "t", "y")
+
     def __init__(
         self,
         feature_dim: int,
@@ -652,7 +656,7 @@ class CEVAE(PyroModule):
         :param int log_every: log the loss (``logging.DEBUG``, logger
             ``pvae.causal.cevae``) every this many steps; 0 for never. Default
             100. Per-epoch rows (loss, validation score, learning rate,
-            seconds) are kept in :attr:`training_history`.
+            seconds) are kept in ``training_history``.
         :param validation_data: ``(x, t, y)`` of held-out units for early stopping.
         :param float validation_fraction: without ``validation_data``, hold out
             this fraction of the rows (at random, at least one row each way).

@@ -59,7 +59,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..infer.traces import find_data_plate, guess_max_plate_nesting
-from ..models.base import DATA_PLATE, OUTCOME_SITE, TREATMENT_SITE, Program, as_program
+from ..models.base import DATA_PLATE, OUTCOME_SITE, TREATMENT_SITE, Program, program_verb
 
 __all__ = ["EffectEstimate", "SiteError", "ate", "cate", "ite", "potential_outcomes"]
 
@@ -249,6 +249,7 @@ def _outcome_draws(
     return torch.stack(results)
 
 
+@program_verb()
 def potential_outcomes(
     program: Program,
     *args: Any,
@@ -283,18 +284,17 @@ def potential_outcomes(
         ``outcome`` is not one of them.
     """
     _check_options(num_samples, alpha)
-    program = as_program(program)
     draws = _outcome_draws(program, args, kwargs, treatment, outcome, (control, treated), int(num_samples), data_plate)
     return _estimate(draws[0], alpha, keep_draws), _estimate(draws[1], alpha, keep_draws)
 
 
 def _effect_draws(program, args, kwargs, treatment, outcome, control, treated, num_samples, alpha, data_plate):
     _check_options(num_samples, alpha)
-    program = as_program(program)
     draws = _outcome_draws(program, args, kwargs, treatment, outcome, (control, treated), int(num_samples), data_plate)
     return draws[1] - draws[0]
 
 
+@program_verb()
 def ite(
     program: Program,
     *args: Any,
@@ -331,6 +331,7 @@ def ite(
     return _estimate(draws, alpha, keep_draws)
 
 
+@program_verb()
 def cate(
     program: Program,
     *args: Any,
@@ -382,6 +383,7 @@ def cate(
     return _estimate(draws.mean(1), alpha, keep_draws)
 
 
+@program_verb()
 def ate(
     program: Program,
     *args: Any,

@@ -53,6 +53,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, transform_to
 
+from ..models.base import program_verb
 from .traces import find_data_plate, guess_max_plate_nesting, site_log_probs, trace_pair
 
 __all__ = ["GapReport", "RefinementResult", "amortization_gap", "refine"]
@@ -254,8 +255,10 @@ class RefinementResult:
     params: dict[str, dict[str, torch.Tensor]] = field(repr=False)
 
 
+@program_verb("pair", guide_keyword=True)
 def refine(
-    program: Any,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
     *args: Any,
     num_steps: int = 100,
     learning_rate: float = 1e-2,
@@ -264,7 +267,6 @@ def refine(
     family: LocalFamily = "same",
     num_flows: int = 2,
     data_plate: str | None = None,
-    guide: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> RefinementResult:
     """Semi-amortised inference: start at the guide's output and optimise each
@@ -278,8 +280,11 @@ def refine(
 
     with the model's parameters held fixed and all data optimised at once.
 
-    :param program: a program with ``model`` and ``guide``, or a model callable
-        given together with ``guide=``.
+    Called as ``refine(model, guide, *args)`` or ``refine(program, *args)``
+    (or, as before, ``refine(model, *args, guide=guide)``).
+
+    :param callable model: the Pyro model (or a program, then no guide).
+    :param callable guide: its guide.
     :param args: the data batch, as the program takes it (e.g. ``x`` or ``x, mask``).
     :param int num_steps: gradient steps per datum. Default 100.
     :param float learning_rate: Adam's step size. Default 0.01.
@@ -293,11 +298,10 @@ def refine(
     :raises ValueError: naming a guide site that is global, not
         reparameterised, or of an unsupported distribution.
     """
-    model, guide_fn = _pair(program, guide)
     if int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
-    setup = _setup(model, guide_fn, args, kwargs, family, num_flows, data_plate)
-    free_guide = _SwapLocal(setup.sites)(guide_fn)
+    setup = _setup(model, guide, args, kwargs, family, num_flows, data_plate)
+    free_guide = _SwapLocal(setup.sites)(guide)
     leaves = [p for s in setup.sites.values() for p in s.params.values()]
     optimizer = torch.optim.Adam(leaves, lr=learning_rate)
     gamma = 1.0 if final_learning_rate is None or num_steps == 0 else (final_learning_rate / learning_rate) ** (1 / num_steps)
@@ -320,16 +324,6 @@ def refine(
         p.grad = None
     params = {name: dict(s.params) for name, s in setup.sites.items()}
     return RefinementResult(free_guide, torch.stack(trace_rows), params)
-
-
-def _pair(program: Any, guide: Callable[..., Any] | None) -> tuple[Callable, Callable]:
-    if guide is not None:
-        return program, guide
-    if not (callable(getattr(program, "model", None)) and callable(getattr(program, "guide", None))):
-        raise TypeError(
-            f"{type(program).__name__} has no model/guide: pass a program, or a model with guide=."
-        )
-    return program.model, program.guide
 
 
 # -- the gap -----------------------------------------------------------------------
@@ -388,8 +382,10 @@ def _mc_elbo(model, guide, args, kwargs, num_particles: int, setup: _Setup, chun
     return total / num_particles
 
 
+@program_verb("pair", guide_keyword=True)
 def amortization_gap(
-    program: Any,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
     *args: Any,
     num_steps: int = 500,
     learning_rate: float = 2e-2,
@@ -399,7 +395,6 @@ def amortization_gap(
     flexible_family: Literal["full_covariance", "planar_flow"] | None = None,
     num_flows: int = 2,
     data_plate: str | None = None,
-    guide: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> GapReport:
     """Split the inference gap of an amortised guide into approximation and
@@ -416,7 +411,11 @@ def amortization_gap(
     then re-estimated with ``elbo_particles`` fresh particles and
     :math:`\\log p(x)` with an IWAE bound of ``evidence_particles`` particles.
 
-    :param program: a program (``model``/``guide``), or a model with ``guide=``.
+    Called as ``amortization_gap(model, guide, *args)`` or
+    ``amortization_gap(program, *args)`` (or, as before, with ``guide=``).
+
+    :param callable model: the Pyro model (or a program, then no guide).
+    :param callable guide: its guide.
     :param args: the data batch as the program takes it.
     :param int num_steps: optimisation steps for :math:`q^*`. Default 500.
     :param float learning_rate: Adam's initial step size. Default 0.02.
@@ -431,17 +430,16 @@ def amortization_gap(
     """
     from .bounds import iwae_bound
 
-    model, guide_fn = _pair(program, guide)
     common = dict(num_steps=num_steps, learning_rate=learning_rate, final_learning_rate=learning_rate / 20,
-                  num_particles=num_particles, data_plate=data_plate, guide=guide_fn, **kwargs)
-    optimal = refine(model, *args, family="same", **common)
-    setup = _setup(model, guide_fn, args, kwargs, "same", num_flows, data_plate)
-    elbo_amortized = _mc_elbo(model, guide_fn, args, kwargs, elbo_particles, setup)
+                  num_particles=num_particles, data_plate=data_plate, **kwargs)
+    optimal = refine(model, guide, *args, family="same", **common)
+    setup = _setup(model, guide, args, kwargs, "same", num_flows, data_plate)
+    elbo_amortized = _mc_elbo(model, guide, args, kwargs, elbo_particles, setup)
     elbo_optimal = _mc_elbo(model, optimal.guide, args, kwargs, elbo_particles, setup)
     proposals, elbos = [optimal.guide], [elbo_optimal]
     elbo_flexible = None
     if flexible_family is not None:
-        flexible = refine(model, *args, family=flexible_family, num_flows=num_flows, **common)
+        flexible = refine(model, guide, *args, family=flexible_family, num_flows=num_flows, **common)
         elbo_flexible = _mc_elbo(model, flexible.guide, args, kwargs, elbo_particles, setup)
         proposals.append(flexible.guide)
         elbos.append(elbo_flexible)

@@ -55,7 +55,8 @@ import numpy as np
 import pyro
 import torch
 
-from ..models.base import as_program
+from ..inputs import as_data_args
+from ..models.base import program_verb
 from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
 
 if TYPE_CHECKING:  # arviz is imported lazily: importing it prints a FutureWarning
@@ -143,8 +144,7 @@ def inference_data_dicts(
         "dims": {...}, "coords": {...}}``; arrays of the draw groups have a
         leading chain dim of size 1.
     """
-    program = as_program(program)
-    args = _as_args(data)
+    args = as_data_args(program, _as_args(data))
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
     with torch.no_grad():
@@ -187,6 +187,7 @@ def inference_data_dicts(
     }
 
 
+@program_verb(convert=False)
 def to_inference_data(
     program: Any,
     data: Any,
@@ -332,6 +333,7 @@ class PsisDiagnostics:
         }
 
 
+@program_verb("pair")
 def psis_diagnostics(
     model: Callable,
     guide: Callable,

@@ -42,6 +42,8 @@ from pyro import poutine
 from pyro.infer import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
+from ..models.base import program_verb
+
 from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
 
 __all__ = ["CHUNK_MEMORY_BYTES", "BoundEstimate", "EvidenceEstimate", "iwae_bound", "log_evidence"]
@@ -297,6 +299,7 @@ def _frozen_guide(guide: Callable, args: tuple, kwargs: dict) -> Callable | None
     return frozen
 
 
+@program_verb("pair")
 def iwae_bound(
     model: Callable,
     guide: Callable,
@@ -343,7 +346,7 @@ def iwae_bound(
     :param callable guide: its guide, same signature.
     :param int num_particles: K, importance samples per datum. Default 1.
     :param int chunk_size: particles per vectorised pass. Default None: one
-        particle first, then as many as fit :data:`CHUNK_MEMORY_BYTES` (256 MiB)
+        particle first, then as many as fit ``CHUNK_MEMORY_BYTES`` (256 MiB)
         judged from that run. Chunks change which random numbers are drawn, not
         the estimator.
     :param str data_plate: name of the data plate; found by itself when it is
@@ -359,6 +362,7 @@ def iwae_bound(
     return stream.iwae()
 
 
+@program_verb("pair")
 def log_evidence(
     model: Callable,
     guide: Callable,

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from ..models.base import Program, as_program
+from ..models.base import Program, program_verb
 from .elbo import elbo_terms
 from .traces import SiteLogProbs, site_log_probs
 
@@ -108,7 +108,7 @@ class CollapseReport:
         estimator can return on B data.
     :ivar int num_data: data points behind the estimates.
     :ivar float threshold: the activity threshold.
-    :ivar float kl_threshold: the KL threshold of :attr:`collapsed`.
+    :ivar float kl_threshold: the KL threshold of ``collapsed``.
     :ivar bool collapsed: no active unit, or mean KL below ``kl_threshold``.
     """
 
@@ -284,6 +284,7 @@ def _kl_parts(program: Program, args: tuple, kwargs: dict, num_particles: int, d
 
 
 # -- public API -------------------------------------------------------------------
+@program_verb()
 def latent_activity(
     program: Any,
     *args: Any,
@@ -313,7 +314,6 @@ def latent_activity(
     :returns: ``(latent_dim,)`` tensor.
     :raises ValueError: with fewer than 2 data points.
     """
-    program = as_program(program)
     slp = _run(program, args, kwargs, 1, data_plate, max_plate_nesting)
     return _activity(slp)
 
@@ -328,6 +328,7 @@ def _activity(slp: SiteLogProbs) -> torch.Tensor:
     return means.var(0)
 
 
+@program_verb()
 def active_units(
     program: Any,
     *args: Any,
@@ -360,6 +361,7 @@ def active_units(
     return int((activity > threshold).sum())
 
 
+@program_verb()
 def kl_per_dim(
     program: Any,
     *args: Any,
@@ -376,7 +378,7 @@ def kl_per_dim(
             \\mathrm{KL}\\big(q(z_d \\mid x_i) \\,\\|\\, p(z_d)\\big),
         \\qquad \\textstyle\\sum_d \\overline{\\mathrm{KL}}_d = \\overline{\\mathrm{KL}},
 
-    from :attr:`pvae.infer.ElboTerms.kl_per_dim` (analytic where torch has the
+    from ``kl_per_dim`` of :class:`pvae.infer.ElboTerms` (analytic where torch has the
     KL, else Monte Carlo over ``num_particles``).
 
     :param program: a pvae program, or anything with ``model`` and ``guide``.
@@ -389,7 +391,6 @@ def kl_per_dim(
     :raises ValueError: when a latent site's guide or prior does not factorise
         into univariate distributions (no per-coordinate KL exists).
     """
-    program = as_program(program)
     _check_positive_int("num_particles", num_particles)
     _, per_dim = _kl_parts(program, args, kwargs, num_particles, data_plate, max_plate_nesting)
     if per_dim is None:
@@ -401,6 +402,7 @@ def kl_per_dim(
     return per_dim
 
 
+@program_verb()
 def mutual_information(
     program: Any,
     *args: Any,
@@ -456,7 +458,6 @@ def mutual_information(
     :returns: the estimate in nats, a float.
     :raises NotImplementedError: for a guide whose sites depend on each other.
     """
-    program = as_program(program)
     _check_positive_int("num_particles", num_particles)
     slp = _run(program, args, kwargs, _mi_particles(program, args, kwargs, num_particles, data_plate,
                                                     max_plate_nesting), data_plate, max_plate_nesting)
@@ -472,6 +473,7 @@ def _mi_particles(program, args, kwargs, num_particles, data_plate, max_plate_ne
     return 2 if len(slp.latent) > 1 else 1
 
 
+@program_verb()
 def collapse_diagnostics(
     program: Any,
     *args: Any,
@@ -514,7 +516,6 @@ def collapse_diagnostics(
     :param kwargs: the program's keyword arguments.
     :returns: :class:`CollapseReport`.
     """
-    program = as_program(program)
     _check_threshold("threshold", threshold)
     _check_threshold("kl_threshold", kl_threshold)
     _check_positive_int("num_particles", num_particles)
@@ -545,11 +546,12 @@ def collapse_diagnostics(
             "x. Try KL warm-up (fit(..., kl_warmup=...)), a smaller beta, a weaker decoder, or "
             "more latent capacity.",
             PosteriorCollapseWarning,
-            stacklevel=2,
+            stacklevel=3,  # past program_verb's wrapper, at the caller
         )
     return report
 
 
+@program_verb()
 def collapse_summary(
     program: Any,
     *args: Any,

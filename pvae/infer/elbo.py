@@ -32,6 +32,8 @@ from typing import Any, Callable, Literal
 import torch
 from torch.distributions import Independent, kl_divergence
 
+from ..models.base import program_verb
+
 from .traces import SiteLogProbs, site_log_probs
 
 __all__ = ["KL_METHODS", "ElboTerms", "elbo", "elbo_terms"]
@@ -207,6 +209,7 @@ def _combine(parts: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     return total, per_dim
 
 
+@program_verb("pair")
 def elbo_terms(
     model: Callable,
     guide: Callable,
@@ -272,6 +275,7 @@ def elbo_terms(
     )
 
 
+@program_verb("pair")
 def elbo(
     model: Callable,
     guide: Callable,

@@ -26,6 +26,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
+from ..models.base import program_verb
+
 __all__ = [
     "PARTICLE_PLATE",
     "SiteLogProbs",
@@ -309,6 +311,7 @@ def _reduce_per_datum(
     return lp.movedim(0, -1) if event_dim else lp[0]
 
 
+@program_verb("pair")
 def site_log_probs(
     model: Callable,
     guide: Callable,

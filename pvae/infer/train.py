@@ -26,7 +26,8 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..models.base import Program, as_program
+from ..inputs import DataError, DataTypeError, as_data_args
+from ..models.base import Program, program_verb
 from .objectives import Objective, make_objective
 
 __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
@@ -81,32 +82,40 @@ class FitResult:
 
 
 # -- data ----------------------------------------------------------------------
-def _as_tensors(data: Any, name: str) -> tuple[torch.Tensor, ...] | None:
-    """Tensor or tuple of tensors -> tuple; a DataLoader-like iterable -> None."""
-    if isinstance(data, torch.Tensor):
+def _is_array(value: Any) -> bool:
+    """A tensor, NumPy array or pandas object: one data argument, not a tuple of them."""
+    return isinstance(value, (torch.Tensor, np.ndarray)) or hasattr(value, "to_numpy")
+
+
+def _as_tensors(program: Program, data: Any, name: str, device) -> tuple[torch.Tensor, ...] | None:
+    """Array or tuple of arrays -> tuple of converted tensors; a DataLoader-like
+    iterable -> None (its batches are converted as they come)."""
+    if _is_array(data):
         data = (data,)
-    if isinstance(data, (tuple, list)):
-        if not data or not all(isinstance(t, torch.Tensor) for t in data):
-            raise TypeError(f"{name} must be a tensor, a tuple of tensors, or a DataLoader.")
-        sizes = {t.shape[0] if t.dim() else None for t in data}
+    if isinstance(data, (tuple, list)) and data and all(_is_array(t) for t in data):
+        names = [name] if len(data) == 1 else [f"{name}[{i}]" for i in range(len(data))]
+        tensors = as_data_args(program, data, names, device=device)
+        sizes = {t.shape[0] if t.dim() else None for t in tensors}
         if len(sizes) != 1 or None in sizes:
-            raise ValueError(
-                f"the tensors of {name} must share their first (data) dimension, got shapes "
-                f"{[tuple(t.shape) for t in data]}."
+            raise DataError(
+                f"the arrays of {name} must share their first (data) dimension, got shapes "
+                f"{[tuple(t.shape) for t in tensors]}. Try passing one row per data point in each."
             )
         if next(iter(sizes)) == 0:
-            raise ValueError(f"{name} is empty.")
-        return tuple(data)
-    if hasattr(data, "__iter__"):
+            raise DataError(f"{name} is empty: it has no rows. Pass at least one data point.")
+        return tensors
+    if hasattr(data, "__iter__") and not isinstance(data, (str, bytes, tuple, list, dict)):
         return None
-    raise TypeError(f"{name} must be a tensor, a tuple of tensors, or a DataLoader; got {type(data).__name__}.")
+    raise DataTypeError(
+        f"{name} must be an array (torch tensor, NumPy array, pandas DataFrame), a tuple of arrays "
+        f"sharing their first dimension, or a DataLoader; got {type(data).__name__}."
+    )
 
 
-def _batches(tensors, loader, batch_size: int, shuffle: bool, device) -> Iterator[tuple[torch.Tensor, ...]]:
+def _batches(program, tensors, loader, batch_size: int, shuffle: bool, device) -> Iterator[tuple[torch.Tensor, ...]]:
     if tensors is None:
         for batch in loader:
-            batch = batch if isinstance(batch, (tuple, list)) else (batch,)
-            yield tuple(b.to(device) if device is not None else b for b in batch)
+            yield as_data_args(program, batch if isinstance(batch, (tuple, list)) else (batch,), device=device)
         return
     n = tensors[0].shape[0]
     if shuffle:
@@ -262,7 +271,7 @@ def _progress(enabled: bool | None, total: int | None, desc: str):
 def _evaluate(program, objective: Objective, tensors, loader, batch_size: int, device) -> dict[str, float]:
     totals = torch.zeros(3)
     n = 0
-    for batch in _batches(tensors, loader, batch_size, False, device):
+    for batch in _batches(program, tensors, loader, batch_size, False, device):
         terms = objective(program.model, program.guide, batch, {}, 1.0)
         totals += torch.stack([terms.elbo, terms.reconstruction, terms.kl]).cpu()
         n += batch[0].shape[0]
@@ -271,6 +280,7 @@ def _evaluate(program, objective: Objective, tensors, loader, batch_size: int, d
 
 
 # -- the loop --------------------------------------------------------------------
+@program_verb(convert=False)
 def fit(
     program: Program,
     data: Any,
@@ -360,7 +370,6 @@ def fit(
         step; parameters are restored to the last good epoch and the last
         checkpoint is left intact.
     """
-    program = as_program(program)
     for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -375,14 +384,10 @@ def fit(
 
     if device is not None and isinstance(program, torch.nn.Module):
         program.to(device)
-    tensors = _as_tensors(data, "data")
+    tensors = _as_tensors(program, data, "data", device)
     loader = data if tensors is None else None
-    if tensors is not None and device is not None:
-        tensors = tuple(t.to(device) for t in tensors)
-    val_tensors = _as_tensors(validation_data, "validation_data") if validation_data is not None else None
+    val_tensors = _as_tensors(program, validation_data, "validation_data", device) if validation_data is not None else None
     val_loader = validation_data if validation_data is not None and val_tensors is None else None
-    if val_tensors is not None and device is not None:
-        val_tensors = tuple(t.to(device) for t in val_tensors)
     validate = getattr(program, "validate", None)
     if callable(validate):
         for t in (tensors, val_tensors):
@@ -391,7 +396,7 @@ def fit(
 
     if seed is not None:
         pyro.set_rng_seed(seed)
-    first = next(_batches(tensors, loader, batch_size, False, device))
+    first = next(_batches(program, tensors, loader, batch_size, False, device))
     params = _collect_params(program, first)
     with pyro.validation_enabled(True), torch.no_grad():
         objective(program.model, program.guide, first, {}, 1.0)  # Pyro's checks, once
@@ -439,7 +444,7 @@ def fit(
             sums: list[tuple[torch.Tensor, ...]] = []  # per step, reduced once per epoch
             n_seen = 0
             kl_weight = schedule(float(epoch))
-            for step, batch in enumerate(_batches(tensors, loader, batch_size, True, device)):
+            for step, batch in enumerate(_batches(program, tensors, loader, batch_size, True, device)):
                 if steps is not None:
                     kl_weight = schedule(epoch + step / steps)
                 if step_hook is not None:
@@ -530,7 +535,7 @@ def fit(
             f"(KL {history[-1]['kl']:.3g} nats per datum). Try kl_warmup=..., a smaller beta, or a "
             "weaker decoder.",
             PosteriorCollapseWarning,
-            stacklevel=2,
+            stacklevel=3,  # past program_verb's wrapper, at the caller
         )
     if stopped_early and restore_best and best_state is not None:
         _restore(program, params, best_state)
@@ -549,7 +554,7 @@ def _add_diagnostics(row: dict[str, float], program: Program, args: tuple) -> tu
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             summary = collapse_summary(program, *args)
     except (ValueError, NotImplementedError, TypeError) as err:
-        warnings.warn(f"collapse diagnostics are off for this program: {err}", stacklevel=3)
+        warnings.warn(f"collapse diagnostics are off for this program: {err}", stacklevel=4)  # _add_diagnostics < fit < program_verb < caller
         return None
     row["active_units"] = summary["active_units"]
     row["mutual_information"] = summary["mutual_information"]

@@ -12,10 +12,13 @@ the data plate ``"data"`` at ``dim=-1``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, TypeVar, runtime_checkable
 
 import pyro
+
+from ..inputs import as_data_args
 
 # pvae's modules keep their parameters to themselves (DESIGN principle 5): with
 # this Pyro setting, PyroModule parameters never enter the global param store,
@@ -38,7 +41,11 @@ __all__ = [
     "ModelGuidePair",
     "Program",
     "as_program",
+    "program_verb",
+    "split_program",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 
@@ -86,3 +93,93 @@ def as_program(program: Any, guide: Callable[..., Any] | None = None) -> Program
             "for a hand-written pair."
         )
     return program
+
+
+def _is_program(value: Any) -> bool:
+    return callable(getattr(value, "model", None)) and callable(getattr(value, "guide", None))
+
+
+def _bound_owner(model: Callable[..., Any], guide: Callable[..., Any]) -> Any:
+    """The program whose bound methods ``model`` and ``guide`` are, if any."""
+    owner = getattr(model, "__self__", None)
+    if owner is not None and getattr(guide, "__self__", None) is owner and _is_program(owner):
+        if getattr(owner.model, "__func__", None) is getattr(model, "__func__", model) and \
+                getattr(owner.guide, "__func__", None) is getattr(guide, "__func__", guide):
+            return owner
+    return None
+
+
+def split_program(verb: str, args: tuple[Any, ...], guide: Callable[..., Any] | None = None) -> tuple[Program, tuple[Any, ...]]:
+    """Read a verb's positional arguments in either of pvae's two calling conventions.
+
+    ``verb(model, guide, *args)``, Pyro's convention (as ``Trace_ELBO().loss`` and
+    ``Predictive`` read it), or ``verb(program, *args)`` for anything with
+    ``.model`` and ``.guide``. A second positional argument that is callable is
+    the guide (data never are). ``vae.model, vae.guide`` are recognised as the
+    program ``vae`` itself, so its dtype, device and declared data kinds apply.
+
+    :param str verb: the verb's name, for the error message.
+    :param tuple args: the verb's positional arguments.
+    :param guide: a guide given by keyword (the older ``guide=`` form of the
+        amortisation verbs); then ``args[0]`` is the model.
+    :returns: ``(program, data_args)``.
+    :raises TypeError: naming both accepted forms when neither fits.
+    """
+    first = args[0] if args else None
+    if guide is None and len(args) >= 2 and callable(args[1]) and not _is_program(args[1]):
+        guide, args = args[1], (first, *args[2:])
+    if guide is not None:
+        if not callable(first) or not callable(guide):
+            raise TypeError(_convention_error(verb, args[:1] + (guide,)))
+        program = _bound_owner(first, guide)
+        return (program if program is not None else ModelGuidePair(first, guide)), tuple(args[1:])
+    if _is_program(first):
+        return first, tuple(args[1:])
+    raise TypeError(_convention_error(verb, args[:2]))
+
+
+def _convention_error(verb: str, got: tuple[Any, ...]) -> str:
+    seen = ", ".join(type(a).__name__ for a in got) or "nothing"
+    return (
+        f"{verb}() takes {verb}(model, guide, *data, ...) with two callables, or "
+        f"{verb}(program, *data, ...) with an object that has .model and .guide; got ({seen}). "
+        "Try pvae.models.ModelGuidePair(model, guide) for a hand-written pair."
+    )
+
+
+def program_verb(
+    form: Literal["pair", "program"] = "program",
+    *,
+    convert: bool = True,
+    guide_keyword: bool = False,
+) -> Callable[[_F], _F]:
+    """Decorate a verb so that it accepts both calling conventions and any array.
+
+    The decorated function is called as ``verb(model, guide, *data, **kwargs)``
+    or ``verb(program, *data, **kwargs)`` (see :func:`split_program`). The body
+    receives ``(model, guide, *data)`` with ``form="pair"`` and
+    ``(program, *data)`` with ``form="program"``; with ``convert`` the data pass
+    through :func:`pvae.inputs.as_data_args` on the way (NumPy, pandas, any
+    dtype -> the program's dtype and device).
+
+    :param str form: what the body takes, ``"pair"`` or ``"program"``.
+    :param bool convert: convert the positional data. Default True.
+    :param bool guide_keyword: also accept the guide as a ``guide=`` keyword.
+    """
+    if form not in ("pair", "program"):
+        raise ValueError(f"form must be 'pair' or 'program', got {form!r}.")
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def verb(*args: Any, **kwargs: Any) -> Any:
+            guide = kwargs.pop("guide", None) if guide_keyword else None
+            program, data = split_program(fn.__name__, args, guide)
+            if convert:
+                data = as_data_args(program, data)
+            if form == "pair":
+                return fn(program.model, program.guide, *data, **kwargs)
+            return fn(program, *data, **kwargs)
+
+        return verb  # type: ignore[return-value]
+
+    return decorate

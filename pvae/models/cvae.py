@@ -92,6 +92,10 @@ class ConditionalVAE(_EncoderDecoder):
     :param dict likelihood_kwargs: options of the likelihood.
     """
 
+    #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
+    data_kinds = ("features", "any", "mask")
+    data_names = ("x", "c", "mask")
+
     def __init__(
         self,
         input_dim: int,

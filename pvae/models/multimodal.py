@@ -150,6 +150,8 @@ class MultimodalVAE(_StandardNormalLatent):
             raise ValueError(f"modality_names must be distinct, got {names}.")
         self.input_dims, self.modality_names = tuple(dims), tuple(names)
         self.num_modalities = num
+        self.data_kinds = ("features",) * num  # read by pvae.inputs; names for its errors:
+        self.data_names = tuple(f"x_{n}" for n in names)
         self.sites = tuple(f"{OBS_SITE}_{n}" for n in names)
         hidden_dims = tuple(hidden_dims)
         dec_hidden = tuple(reversed(hidden_dims)) if decoder_hidden_dims is None else tuple(decoder_hidden_dims)

@@ -177,6 +177,10 @@ class SequentialVAE(PyroModule):
     :param dict likelihood_kwargs: options of the likelihood.
     """
 
+    #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
+    data_kinds = ("features", "any")  # mask: lengths (integers) or a bool mask
+    data_names = ("x", "mask")
+
     def __init__(
         self,
         input_dim: int,

@@ -124,7 +124,7 @@ class SemiSupervisedVAE(_EncoderDecoder):
     ``model(x, y=None)`` and ``guide(x, y=None)`` keep the data in
     ``pyro.plate("data", dim=-1)``, the label at site ``"y"`` (an integer
     class), the style at site ``"z"`` and the observations at site ``"x"``.
-    ``y`` is ``(batch,)`` integer labels with ``-1`` (:data:`UNLABELLED`) for
+    ``y`` is ``(batch,)`` integer labels with ``-1`` (``pvae.models.ssvae.UNLABELLED``) for
     unknown ones; ``y=None`` means all unknown. See the module docstring for
     how known labels enter (a point mass in the guide) and how to train.
 
@@ -154,6 +154,10 @@ class SemiSupervisedVAE(_EncoderDecoder):
     :param decoder_hidden_dims: hidden widths of the decoder.
     :param dict likelihood_kwargs: options of the likelihood.
     """
+
+    #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
+    data_kinds = ("features", "labels")
+    data_names = ("x", "y")
 
     def __init__(
         self,

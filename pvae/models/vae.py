@@ -123,6 +123,10 @@ class _UnconditionalProgram(_EncoderDecoder):
     latent from :meth:`_prior`, decoder input from :meth:`_decoder_input`,
     likelihood over the observed entries of ``x``."""
 
+    #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
+    data_kinds = ("features", "mask")
+    data_names = ("x", "mask")
+
     def _decoder_input(self, z: torch.Tensor) -> torch.Tensor:
         return z
 

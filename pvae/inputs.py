@@ -1,0 +1,246 @@
+"""Any array in: how user data become the tensors a Pyro program reads.
+
+Every public verb that takes data (:func:`pvae.fit`, the bounds, the gap, the
+diagnostics, the analysis tools, the causal fit and queries) passes its data
+through :func:`as_data` once, so that torch tensors of any floating or integer
+dtype, NumPy arrays, pandas DataFrames and Series, and nested lists all work,
+and so that what cannot work fails here, with the argument's name, rather than
+deep inside torch (``mat1 and mat2 must have the same dtype``).
+
+What each argument becomes depends on its *kind*, which a program may declare
+per positional argument in a ``data_kinds`` attribute (pvae's own programs
+do); for a program that declares none, the first argument is ``"features"``
+and the others ``"any"``:
+
+====================  =============================================================
+kind                  conversion
+====================  =============================================================
+``"features"``        any real, integer or bool dtype -> the program's floating
+                      dtype (counts and binary data become floats: the networks
+                      read floats, and the likelihoods check integrality)
+``"labels"``          integers, or floats holding whole numbers -> ``int64``
+``"mask"``            bool, or 0/1 in any dtype -> ``bool``
+``"any"``             floating -> the program's floating dtype; integer and bool
+                      dtypes are kept (a user's program decides what they mean)
+====================  =============================================================
+
+Every tensor is moved to the program's device. The program's dtype and device
+are those of its first floating parameter (or buffer). A program whose
+parameters pvae cannot see (plain functions with ``pyro.param`` sites) keeps a
+tensor's floating dtype and device; NumPy and pandas data, and integers, take
+torch's default dtype there.
+
+Errors are :class:`DataError` (a :class:`ValueError`) and
+:class:`DataTypeError` (also a :class:`TypeError`): both name the argument,
+say what was expected and what came, and suggest a fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+DataKind = Literal["features", "labels", "mask", "any"]
+DATA_KINDS: tuple[str, ...] = ("features", "labels", "mask", "any")
+
+__all__ = [
+    "DATA_KINDS",
+    "DataError",
+    "DataKind",
+    "DataTypeError",
+    "as_data",
+    "as_data_args",
+    "program_dtype_device",
+]
+
+
+class DataError(ValueError):
+    """Data that a pvae verb cannot use: a wrong shape, NaN without a mask, a value
+    outside a likelihood's support, mismatched lengths, an empty array.
+
+    The message names the argument, shows what was expected and what came, and
+    suggests a fix.
+    """
+
+
+class DataTypeError(DataError, TypeError):
+    """Data of a type or dtype that cannot be converted to a tensor (strings,
+    objects, complex numbers); also a :class:`TypeError`."""
+
+
+def _owner(program: Any) -> Any:
+    """The object behind a program: itself, or the object whose bound methods its
+    ``model`` and ``guide`` are (``iwae_bound(vae.model, vae.guide, x)``)."""
+    model = getattr(program, "model", None)
+    owner = getattr(model, "__self__", None)
+    if owner is not None and getattr(getattr(program, "guide", None), "__self__", None) is owner:
+        return owner
+    return program
+
+
+def program_dtype_device(program: Any) -> tuple[torch.dtype | None, torch.device | None]:
+    """The floating dtype and device a program computes in.
+
+    Those of the first floating parameter or buffer of ``program`` (or of the
+    module whose bound methods ``program.model`` and ``program.guide`` are) when
+    it is a :class:`torch.nn.Module`; else ``(None, None)``: unknown.
+
+    :param program: a program, or any object.
+    :returns: ``(dtype, device)``, each None when unknown.
+    """
+    module = _owner(program)
+    if isinstance(module, torch.nn.Module):
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype, tensor.device
+    return None, None
+
+
+def _type_name(value: Any) -> str:
+    dtype = getattr(value, "dtype", None)
+    return f"{type(value).__name__} of dtype {dtype}" if dtype is not None else type(value).__name__
+
+
+def _from_pandas(value: Any, name: str) -> np.ndarray:
+    array = value.to_numpy()
+    if array.dtype != object:
+        return array
+    try:  # nullable integer / boolean columns (pd.NA) and mixed numeric frames
+        return value.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        from pandas.api.types import is_numeric_dtype  # pandas is there: value is one of its objects
+
+        dtypes = getattr(value, "dtypes", None)
+        columns = dtypes.items() if hasattr(dtypes, "items") else ()
+        bad = [str(c) for c, d in columns if not is_numeric_dtype(d)]
+        where = f" (non-numeric columns {bad})" if bad else ""
+        raise DataTypeError(
+            f"{name} must hold numbers, got a {type(value).__name__} with non-numeric values{where}. "
+            f"Try {name}.select_dtypes('number'), or encode categories as integers first."
+        ) from None
+
+
+# NumPy dtypes torch cannot hold (or barely operates on), read as the nearest it can.
+_WIDEN = {np.dtype(np.uint16): np.int64, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.float64}
+
+
+def _to_tensor(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if type(value).__module__.partition(".")[0] == "pandas" and hasattr(value, "to_numpy"):
+        value = _from_pandas(value, name)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:  # ragged nested lists
+        raise DataTypeError(
+            f"{name} could not be read as an array ({err}); got {type(value).__name__}. "
+            f"Try a rectangular NumPy array or torch tensor."
+        ) from None
+    if array.dtype.kind not in "biufc":
+        raise DataTypeError(
+            f"{name} must hold numbers, got {type(value).__name__} of NumPy dtype {array.dtype}. "
+            f"Try np.asarray({name}, dtype=float)."
+        )
+    array = array.astype(_WIDEN.get(array.dtype, array.dtype.newbyteorder("=")), copy=False)
+    if not array.flags.writeable or not array.flags.c_contiguous:  # read-only views, negative strides
+        array = np.array(array, order="C", copy=True)
+    return torch.from_numpy(array)
+
+
+def as_data(
+    value: Any,
+    name: str = "x",
+    *,
+    kind: DataKind = "features",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Convert one data argument to a tensor of the right dtype and device.
+
+    :param value: a torch tensor (any dtype), a NumPy array, a pandas DataFrame
+        or Series, or a (nested) list of numbers.
+    :param str name: the argument's name, used in error messages. Default ``"x"``.
+    :param str kind: ``"features"``, ``"labels"``, ``"mask"`` or ``"any"``
+        (the table in :mod:`pvae.inputs`). Default ``"features"``.
+    :param dtype: the floating dtype to convert to. Default None: a tensor keeps
+        its floating dtype, anything else takes torch's default dtype.
+    :type dtype: torch.dtype or None
+    :param device: where the tensor goes; None leaves it where it is.
+    :returns: the converted tensor (``value`` itself when nothing changes).
+    :rtype: torch.Tensor
+    :raises DataTypeError: if ``value`` holds no numbers (strings, objects),
+        complex numbers, or labels / mask values that are not whole numbers / 0-1.
+    :raises ValueError: on an unknown ``kind``.
+    """
+    if kind not in DATA_KINDS:
+        raise ValueError(f"kind must be one of {list(DATA_KINDS)}, got {kind!r}.")
+    tensor = _to_tensor(value, name)
+    if tensor.is_complex():
+        raise DataTypeError(f"{name} must be real, got a complex tensor ({tensor.dtype}). Try {name}.real or {name}.abs().")
+    floating = dtype
+    if floating is None:
+        floating = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.get_default_dtype()
+    if kind == "features" or (kind == "any" and tensor.is_floating_point()):
+        target = floating
+    elif kind == "labels":
+        target = torch.int64
+        if tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not bool((tensor[finite] == tensor[finite].round()).all()) or not bool(finite.all()):
+                raise DataTypeError(
+                    f"{name} must hold integer labels, got {_type_name(value)} with non-integer or "
+                    f"non-finite values. Try {name}.round().long(), or -1 for an unknown label where allowed."
+                )
+        elif tensor.dtype == torch.bool:
+            raise DataTypeError(f"{name} must hold integer labels, got a bool tensor. Try {name}.long().")
+    elif kind == "mask":
+        target = torch.bool
+        if tensor.dtype != torch.bool and not bool(((tensor == 0) | (tensor == 1)).all()):
+            raise DataTypeError(
+                f"{name} must be a mask of True/False (or 1/0) values, True where observed; got "
+                f"{_type_name(value)} with other values. Try {name} = ~torch.isnan(x)."
+            )
+    else:
+        target = tensor.dtype
+    if tensor.dtype != target or (device is not None and tensor.device != torch.device(device)):
+        tensor = tensor.to(device=device, dtype=target)
+    return tensor
+
+
+def as_data_args(
+    program: Any,
+    args: Sequence[Any],
+    names: Sequence[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> tuple[Any, ...]:
+    """Convert the positional data arguments of a call on ``program``.
+
+    Each argument's kind is ``program.data_kinds[i]`` when the program declares
+    it, else ``"features"`` for the first and ``"any"`` for the rest; ``None``
+    arguments stay None.
+
+    :param program: the program the data are for (its dtype and device win).
+    :param args: the positional data arguments.
+    :param names: names for error messages; default the program's
+        ``data_names``, else ``x`` for the first and ``args[i]`` for the others.
+    :param device: override the program's device.
+    :returns: the converted arguments, as a tuple.
+    """
+    dtype, program_device = program_dtype_device(program)
+    device = device if device is not None else program_device
+    owner = _owner(program)
+    kinds = tuple(getattr(owner, "data_kinds", None) or ())
+    names = tuple(names) if names is not None else tuple(getattr(owner, "data_names", None) or ())
+    out = []
+    for i, value in enumerate(args):
+        if value is None:
+            out.append(None)
+            continue
+        kind = kinds[i] if i < len(kinds) else ("features" if i == 0 else "any")
+        name = names[i] if i < len(names) else ("x" if i == 0 else f"args[{i}]")
+        out.append(as_data(value, name, kind=kind, dtype=dtype, device=device))
+    return tuple(out)
