@@ -1,13 +1,16 @@
 """pvae: variational inference answers for deep latent-variable Pyro programs."""
 
-from . import causal, data, infer, models
+from . import causal, data, infer, inputs, models
 from .infer import FitResult, TrainingDivergedError, fit
+from .inputs import DataError, DataTypeError
 from .models import VAE, ModelGuidePair
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "DataError",
+    "DataTypeError",
     "FitResult",
     "ModelGuidePair",
     "TrainingDivergedError",
@@ -16,6 +19,7 @@ __all__ = [
     "data",
     "fit",
     "infer",
+    "inputs",
     "models",
 ]
 

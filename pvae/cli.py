@@ -26,7 +26,6 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -39,7 +38,7 @@ import pyro
 import torch
 
 import pvae
-from pvae.data import Dataset, check_data, load_digits, load_mnist
+from pvae.data import Dataset, load_csv, load_digits, load_mnist
 from pvae.infer import CheckpointError, FitResult, TrainingDivergedError, collapse_diagnostics, site_log_probs
 from pvae.models import LIKELIHOODS
 
@@ -54,7 +53,6 @@ VALIDATION_FRACTION = 0.1
 SMOKE_EPOCHS = 2
 SMOKE_ROWS = 512
 _IMAGE_SHAPES = {"digits": (8, 8), "mnist": (28, 28)}
-_MISSING_TOKENS = {"", "na", "nan", "n/a", "null"}
 _UNITS = "nats per datum"
 COLLAPSE_ROWS = 1000  # the mutual information costs O(n^2): diagnose the first rows only
 
@@ -89,44 +87,6 @@ def _parse_data_spec(spec: str) -> tuple[str, str | None]:
     )
 
 
-def _is_number(cell: str) -> bool:
-    if cell.strip().lower() in _MISSING_TOKENS:
-        return True
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_csv(path: Path) -> torch.Tensor:
-    """A numeric CSV as a float32 ``(n, d)`` tensor; empty / NA / NaN cells become NaN.
-
-    The first row is taken as a header when any of its cells is not a number.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}. Try --data csv:PATH with an existing file.")
-    with open(path, newline="") as f:
-        lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
-    if lines and not all(_is_number(c) for c in lines[0][1]):
-        lines = lines[1:]  # a header
-    if not lines:
-        raise ValueError(f"{path} holds no data rows. Try a CSV with one numeric row per data point.")
-    width = len(lines[0][1])
-    values = []
-    for line_no, row in lines:
-        if len(row) != width:
-            raise ValueError(f"{path}, line {line_no}: expected {width} columns (as in the first row), got {len(row)}.")
-        for col, cell in enumerate(row, start=1):
-            if not _is_number(cell):
-                raise ValueError(
-                    f"{path}, line {line_no}, column {col}: {cell.strip()!r} is not a number. "
-                    "Try a numeric CSV (an optional header row, empty or NaN cells for missing values)."
-                )
-        values.append([math.nan if c.strip().lower() in _MISSING_TOKENS else float(c) for c in row])
-    return check_data(torch.tensor(values, dtype=torch.float64), name=str(path), allow_nan=True)
-
-
 def _load_data(spec: str, binarize: bool | None, likelihood: str, limit: int | None = None) -> tuple[_Data, bool]:
     """Load ``spec``; returns the data and whether it was binarised.
 
@@ -144,7 +104,7 @@ def _load_data(spec: str, binarize: bool | None, likelihood: str, limit: int | N
         ds = load_mnist(path, split="test", binarize="static" if binarize else None)
         x, labels, name = ds.x, ds.y, ds.name
     else:
-        x, name = _read_csv(Path(path)), Path(path).name
+        x, name = load_csv(path).x, Path(path).name
         nan = torch.isnan(x)
         mask = ~nan if nan.any() else None
         if binarize:

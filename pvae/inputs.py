@@ -53,6 +53,8 @@ __all__ = [
     "DataTypeError",
     "as_data",
     "as_data_args",
+    "as_data_tuple",
+    "is_array",
     "program_dtype_device",
 ]
 
@@ -244,3 +246,46 @@ def as_data_args(
         name = names[i] if i < len(names) else ("x" if i == 0 else f"args[{i}]")
         out.append(as_data(value, name, kind=kind, dtype=dtype, device=device))
     return tuple(out)
+
+
+def is_array(value: Any) -> bool:
+    """A tensor, NumPy array or pandas object: one data argument, not a tuple of them."""
+    return isinstance(value, (torch.Tensor, np.ndarray)) or (
+        type(value).__module__.partition(".")[0] == "pandas" and hasattr(value, "to_numpy")
+    )
+
+
+def as_data_tuple(
+    program: Any, data: Any, name: str = "data", *, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Read ``data`` as the program's positional arguments, converted.
+
+    :param program: the program the data are for.
+    :param data: one array (a tensor, NumPy array, pandas object, or a nested list
+        of numbers), or a tuple of arrays sharing their first dimension, e.g.
+        ``(x, mask)``.
+    :param str name: the argument's name in errors. Default ``"data"``.
+    :param device: override the program's device.
+    :returns: the converted tensors, as a tuple.
+    :raises DataTypeError: if ``data`` is none of those.
+    :raises DataError: on arrays of different lengths, or no rows.
+    """
+    if is_array(data) or (isinstance(data, list) and not any(is_array(t) for t in data)):
+        data = (data,)  # one array; a nested list of numbers is one too
+    if not (isinstance(data, (tuple, list)) and data and all(is_array(t) or isinstance(t, list) for t in data)):
+        raise DataTypeError(
+            f"{name} must be an array (torch tensor, NumPy array, pandas DataFrame), or a tuple of "
+            f"arrays sharing their first dimension such as (x, mask); got {type(data).__name__}. "
+            f"Try np.asarray(...) on what you read, or a tuple (x, mask)."
+        )
+    names = [name] if len(data) == 1 else [f"{name}[{i}]" for i in range(len(data))]
+    tensors = as_data_args(program, data, names, device=device)
+    sizes = {t.shape[0] if t.dim() else None for t in tensors}
+    if len(sizes) != 1 or None in sizes:
+        raise DataError(
+            f"the arrays of {name} must share their first (data) dimension, got shapes "
+            f"{[tuple(t.shape) for t in tensors]}. Try passing one row per data point in each."
+        )
+    if next(iter(sizes)) == 0:
+        raise DataError(f"{name} is empty: it has no rows. Pass at least one data point.")
+    return tensors

@@ -56,6 +56,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from ..inputs import DataError, as_data
 from .latent import decoder_mean
 
 __all__ = [
@@ -120,13 +121,10 @@ def _mean_fn(decoder_mean_fn: Any) -> DecoderMean:
 
 
 def _tensor(z: Any, name: str, min_dim: int = 1) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        z = torch.as_tensor(z, dtype=torch.get_default_dtype())
+    z = as_data(z, name)
     if z.dim() < min_dim:
         shape = "(latent_dim,)" if min_dim == 1 else "(..., num_points, latent_dim)"
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(z.shape)}.")
-    if not z.is_floating_point():
-        z = z.to(torch.get_default_dtype())
+        raise DataError(f"{name} must have shape {shape}, got {tuple(z.shape)}.")
     return z
 
 

@@ -40,6 +40,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+from ..inputs import as_data
 from ..models.base import DATA_PLATE, LATENT_SITE
 
 __all__ = [
@@ -108,14 +109,7 @@ class InverseSolution:
 
 # -- input checks --------------------------------------------------------------------
 def _as(t: Any, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        try:
-            t = torch.as_tensor(t, dtype=dtype or torch.get_default_dtype())
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}.") from None
-    if not t.is_floating_point():
-        t = t.to(dtype or torch.get_default_dtype())
-    return t if dtype is None else t.to(dtype)
+    return as_data(t, name, dtype=dtype)
 
 
 def _noise(value: Any, name: str, size: int, dtype: torch.dtype) -> torch.Tensor:

@@ -45,13 +45,12 @@ References
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable, Literal, Sequence
 
 import pyro
 import torch
 
-from ..inputs import as_data_args
+from ..inputs import DataError, as_data, as_data_args, program_dtype_device
 
 __all__ = [
     "decoder_mean",
@@ -127,28 +126,18 @@ def _latent_dim(program: Any, latent_dim: int | None, fix: str) -> int:
 
 def _dtype(program: Any) -> torch.dtype:
     """The floating dtype of the program's parameters (or its ``dtype``), else torch's default."""
-    if isinstance(program, torch.nn.Module):
-        for t in itertools.chain(program.parameters(), program.buffers()):
-            if t.is_floating_point():
-                return t.dtype
-    dtype = getattr(program, "dtype", None)
+    dtype = program_dtype_device(program)[0] or getattr(program, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else torch.get_default_dtype()
 
 
 def _as_latent(z: Any, name: str, latent_dim: int | None = None) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        try:
-            z = torch.as_tensor(z, dtype=torch.get_default_dtype())
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a tensor of shape (..., latent_dim), got {type(z).__name__}.") from None
+    z = as_data(z, name)
     if z.dim() < 1:
-        raise ValueError(f"{name} must have a last dimension of size latent_dim, got a scalar. Try {name}.reshape(-1).")
+        raise DataError(f"{name} must have a last dimension of size latent_dim, got a scalar. Try {name}.reshape(-1).")
     if latent_dim is not None and z.shape[-1] != latent_dim:
-        raise ValueError(
+        raise DataError(
             f"{name} must have latent_dim={latent_dim} entries in its last dimension, got shape {tuple(z.shape)}."
         )
-    if not z.is_floating_point():
-        z = z.to(torch.get_default_dtype())
     return z
 
 

@@ -131,6 +131,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
+from ..inputs import DataError, as_data
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
@@ -532,24 +533,24 @@ class CEVAE(PyroModule):
         """Check and convert data for this model; nothing is changed on failure.
 
         :returns: ``(x, t, y)`` as float tensors (``t``, ``y`` may be None).
-        :raises ValueError: naming the argument that is wrong and how.
+        :raises DataError: (a ValueError) naming the argument that is wrong and how.
         """
-        x = _as_float(x, "x")
+        x = as_data(x, "x", dtype=self.x_loc.dtype)
         if x.dim() != 2 or x.shape[1] != self.feature_dim:
-            raise ValueError(
+            raise DataError(
                 f"x must have shape (n, feature_dim={self.feature_dim}), got {tuple(x.shape)}. "
                 + (f"Try CEVAE(feature_dim={x.shape[1]}) for this data." if x.dim() == 2 else
                    "Try x.reshape(-1, feature_dim).")
             )
         n = x.shape[0]
         if n == 0:
-            raise ValueError("x holds no rows. Try passing at least one unit.")
+            raise DataError("x holds no rows. Try passing at least one unit.")
         _check_finite(x, "x")
         if self.feature_types is not None or bool(self.fitted):
             bad = self.binary_mask & ~((x == 0) | (x == 1))
             if bad.any():
                 col = int(bad.any(0).nonzero()[0])
-                raise ValueError(
+                raise DataError(
                     f"x column {col} is declared binary but holds {x[:, col][bad[:, col]][0].item():g}. "
                     "Try feature_types with 'continuous' for that column."
                 )
@@ -558,11 +559,11 @@ class CEVAE(PyroModule):
             if v is None:
                 out.append(None)
                 continue
-            v = _as_float(v, name)
+            v = as_data(v, name, dtype=x.dtype)
             if v.dim() == 2 and v.shape[1] == 1:
                 v = v.squeeze(1)
             if v.dim() != 1 or v.shape[0] != n:
-                raise ValueError(
+                raise DataError(
                     f"{name} must have shape (n,) with n = {n} rows of x, got {tuple(v.shape)}. "
                     f"Try passing one {'treatment' if name == 't' else 'outcome'} per row of x."
                 )
@@ -571,15 +572,15 @@ class CEVAE(PyroModule):
         t, y = out[1], out[2]
         if t is not None and not ((t == 0) | (t == 1)).all():
             bad = t[(t != 0) & (t != 1)][0].item()
-            raise ValueError(f"t must be binary (0 or 1), got {bad:g}. Try t = (t > threshold).float().")
+            raise DataError(f"t must be binary (0 or 1), got {bad:g}. Try t = (t > threshold).float().")
         if y is not None:
             if self.outcome_dist == "bernoulli" and not ((y == 0) | (y == 1)).all():
-                raise ValueError(
+                raise DataError(
                     f"y must be 0 or 1 for outcome_dist='bernoulli', got {y[(y != 0) & (y != 1)][0].item():g}. "
                     "Try outcome_dist='normal' for a real-valued outcome."
                 )
             if self.outcome_dist == "exponential" and not (y > 0).all():
-                raise ValueError(
+                raise DataError(
                     f"y must be positive for outcome_dist='exponential', got {y[y <= 0][0].item():g}. "
                     "Try outcome_dist='normal'."
                 )
@@ -1000,15 +1001,6 @@ class CEVAE(PyroModule):
 
 
 # -- helpers ------------------------------------------------------------------------
-def _as_float(value: Any, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(torch.get_default_dtype()) if not value.is_floating_point() else value.detach()
-    try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.get_default_dtype())
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a tensor or an array of numbers, got {type(value).__name__}.") from None
-
-
 def _location_scale(y: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of ``y``; ``(loc, scale)`` where they cannot be estimated."""
     if y.numel() < 2:
@@ -1021,7 +1013,7 @@ def _check_finite(v: torch.Tensor, name: str) -> None:
     bad = ~torch.isfinite(v)
     if bad.any():
         where = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
+        raise DataError(
             f"{name} has {int(bad.sum())} NaN or infinite entries (first at {where}). "
             "Try imputing or dropping those rows."
         )

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
+
+from ..inputs import as_data
 
 __all__ = ["ate_error", "sqrt_pehe"]
 
@@ -32,16 +33,7 @@ __all__ = ["ate_error", "sqrt_pehe"]
 def _as_vector(value: Any, name: str) -> torch.Tensor:
     if hasattr(value, "mean") and hasattr(value, "lower") and hasattr(value, "upper"):
         value = value.mean  # an EffectEstimate
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, torch.Tensor):
-        try:
-            value = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"{name} must be a tensor, array or EffectEstimate of per-unit effects, got {type(value).__name__}."
-            ) from None
-    value = value.detach().to(torch.float64)
+    value = as_data(value, name, dtype=torch.float64).detach()
     if value.dim() == 2 and value.shape[-1] == 1:
         value = value.squeeze(-1)
     if value.dim() != 1 or value.numel() == 0:

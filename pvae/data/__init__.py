@@ -1,4 +1,4 @@
-"""Data: offline loaders for digits, MNIST (IDX) and IHDP (CSV), a checker, and
+"""Data: offline loaders for digits, numeric CSV, MNIST (IDX) and IHDP (CSV), a checker, and
 synthetic generators with known ground truth. Nothing is bundled or downloaded:
 loaders take a path."""
 
@@ -8,6 +8,7 @@ from .loaders import (
     Dataset,
     check_data,
     ihdp_split,
+    load_csv,
     load_digits,
     load_ihdp,
     load_mnist,
@@ -39,6 +40,7 @@ __all__ = [
     "lattice_field",
     "lattice_precision",
     "lattice_spectrum",
+    "load_csv",
     "load_digits",
     "load_ihdp",
     "load_mnist",

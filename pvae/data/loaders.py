@@ -29,12 +29,15 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..inputs import DataError, as_data
+
 __all__ = [
     "IHDP_COLUMNS",
     "CausalData",
     "Dataset",
     "check_data",
     "ihdp_split",
+    "load_csv",
     "load_digits",
     "load_ihdp",
     "load_mnist",
@@ -46,6 +49,7 @@ IHDP_COLUMNS: tuple[str, ...] = ("treatment", "y_factual", "y_cfactual", "mu0", 
 )
 _IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x0803: uint8, 3 dims; 0x0801: uint8, 1 dim
 _BINARIZE = (None, "static")
+_MISSING_TOKENS = {"", "na", "nan", "n/a", "null"}
 
 
 def check_data(x: torch.Tensor, *, name: str = "x", allow_nan: bool = False) -> torch.Tensor:
@@ -57,29 +61,23 @@ def check_data(x: torch.Tensor, *, name: str = "x", allow_nan: bool = False) -> 
         are always rejected. Default False.
     :returns: ``x`` as a float32 contiguous tensor of shape ``(n, d)``.
     :rtype: torch.Tensor
-    :raises ValueError: if ``x`` is not 2-D, is empty, or holds non-finite values.
+    :raises DataError: if ``x`` is not 2-D, is empty, or holds non-finite values
+        (:class:`~pvae.inputs.DataTypeError` if it holds no numbers).
     """
-    if not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"{name} must be a tensor of shape (n, d), got {type(x).__name__}. "
-                f"Try torch.as_tensor({name}, dtype=torch.float32)."
-            ) from e
+    x = as_data(x, name, dtype=torch.float32)
     if x.dim() != 2:
-        raise ValueError(
+        raise DataError(
             f"{name} expected shape (n, d), got shape {tuple(x.shape)}. "
             f"Try {name}.reshape(len({name}), -1) to flatten each data point."
         )
     if x.numel() == 0:
-        raise ValueError(f"{name} is empty: expected shape (n, d) with n, d >= 1, got {tuple(x.shape)}.")
-    x = x.to(torch.float32).contiguous()
+        raise DataError(f"{name} is empty: expected shape (n, d) with n, d >= 1, got {tuple(x.shape)}.")
+    x = x.contiguous()
     bad = torch.isinf(x) if allow_nan else ~torch.isfinite(x)
     if bad.any():
         first = tuple(int(i) for i in bad.nonzero()[0])
         what = "infinite" if allow_nan else "NaN or infinite"
-        raise ValueError(
+        raise DataError(
             f"{name} holds {int(bad.sum())} {what} value(s), first at index {first}; expected "
             f"finite values. Try passing mask=... (True = observed) to a function that supports "
             f"missing data, or drop or impute those entries."
@@ -103,7 +101,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.y is not None and self.y.shape != (len(self.x),):
-            raise ValueError(
+            raise DataError(
                 f"Dataset {self.name!r}: y expected shape ({len(self.x)},), got {tuple(self.y.shape)}."
             )
 
@@ -114,6 +112,60 @@ class Dataset:
 def _check_binarize(binarize: object) -> None:
     if binarize not in _BINARIZE:
         raise ValueError(f"binarize must be one of {_BINARIZE}, got {binarize!r}.")
+
+
+def _is_number(cell: str) -> bool:
+    if cell.strip().lower() in _MISSING_TOKENS:
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def load_csv(path: str | os.PathLike) -> Dataset:
+    """Load a numeric CSV file as a data matrix (one row per data point).
+
+    The first row is taken as a header when any of its cells is not a number.
+    Empty cells and ``NA``, ``NaN``, ``N/A``, ``null`` (any case) are missing
+    values and become NaN: pass ``mask=~torch.isnan(x)`` to the program.
+
+    :param path: the CSV file.
+    :type path: str or os.PathLike
+    :returns: a :class:`Dataset` with float32 ``x`` of shape ``(n, d)``, no
+        labels, named after the file.
+    :rtype: Dataset
+    :raises FileNotFoundError: if the file is missing.
+    :raises DataError: on a file that is not text, no data rows, a ragged row,
+        a cell that is not a number, or an infinite value, naming the line and column.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"CSV file not found: {file}. Try the path of an existing numeric CSV file.")
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 numeric CSV.") from None
+    if lines and not all(_is_number(c) for c in lines[0][1]):
+        lines = lines[1:]  # a header
+    if not lines:
+        raise DataError(f"{file} holds no data rows. Try a CSV with one numeric row per data point.")
+    width = len(lines[0][1])
+    values = []
+    for line_no, row in lines:
+        if len(row) != width:
+            raise DataError(f"{file}, line {line_no}: expected {width} columns (as in the first row), got {len(row)}.")
+        for col, cell in enumerate(row, start=1):
+            if not _is_number(cell):
+                raise DataError(
+                    f"{file}, line {line_no}, column {col}: {cell.strip()!r} is not a number. "
+                    "Try a numeric CSV (an optional header row, empty or NaN cells for missing values)."
+                )
+        values.append([math.nan if c.strip().lower() in _MISSING_TOKENS else float(c) for c in row])
+    x = check_data(torch.tensor(values, dtype=torch.float64), name=str(file), allow_nan=True)
+    return Dataset(x, None, file.stem)
 
 
 def load_digits(binarize: bool = False, threshold: float = 0.5) -> Dataset:
@@ -152,26 +204,26 @@ def _read_idx(file: Path, kind: Literal["images", "labels"]) -> np.ndarray:
         with opener(file, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise ValueError(f"cannot read IDX file {file}: {e}. Try re-copying the file.") from e
+        raise DataError(f"cannot read IDX file {file}: {e}. Try re-copying the file.") from e
     magic = _IDX_MAGIC[kind]
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(
+        raise DataError(
             f"IDX file {file} is truncated: expected a header of {header} bytes, got {len(raw)}."
         )
     got = int.from_bytes(raw[:4], "big")
     if got != magic:
-        raise ValueError(
+        raise DataError(
             f"IDX file {file} has magic number {got}, expected {magic} ({kind}). "
             f"Try the matching *-{'images-idx3' if kind == 'images' else 'labels-idx1'}-ubyte file."
         )
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     if 0 in dims:
-        raise ValueError(f"IDX file {file} has dims {dims}: expected every dimension >= 1.")
+        raise DataError(f"IDX file {file} has dims {dims}: expected every dimension >= 1.")
     want = math.prod(dims)
     if len(raw) - header != want:
-        raise ValueError(
+        raise DataError(
             f"IDX file {file} has the wrong size: dims {dims} need {want} data bytes after the "
             f"header, got {len(raw) - header}. The file is truncated or corrupt; try re-copying it."
         )
@@ -214,7 +266,7 @@ def load_mnist(
     images = _read_idx(images_file, "images")
     labels = _read_idx(labels_file, "labels")
     if len(images) != len(labels):
-        raise ValueError(
+        raise DataError(
             f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} "
             f"labels; expected equal counts. Try files from the same MNIST split."
         )
@@ -242,7 +294,7 @@ def mnist_10k_split(
     """
     full = load_mnist(path, split="test", binarize=binarize, threshold=threshold)
     if len(full) != 10000:
-        raise ValueError(f"MNIST-10k split expected 10000 test images, got {len(full)}.")
+        raise DataError(f"MNIST-10k split expected 10000 test images, got {len(full)}.")
     train = Dataset(x=full.x[:8000], y=full.y[:8000], name="mnist10k-train")
     test = Dataset(x=full.x[8000:], y=full.y[8000:], name="mnist10k-test")
     return train, test
@@ -274,7 +326,7 @@ class CausalData:
         for field in ("t", "y", "y_cf", "mu0", "mu1"):
             shape = tuple(getattr(self, field).shape)
             if shape != (n,):
-                raise ValueError(f"CausalData {self.name!r}: {field} expected shape ({n},), got {shape}.")
+                raise DataError(f"CausalData {self.name!r}: {field} expected shape ({n},), got {shape}.")
 
     @property
     def true_ite(self) -> torch.Tensor:
@@ -301,19 +353,19 @@ def _read_ihdp_csv(file: Path) -> np.ndarray:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(IHDP_COLUMNS):
-                raise ValueError(
+                raise DataError(
                     f"{file}, line {line_no}: expected {len(IHDP_COLUMNS)} columns "
                     f"({IHDP_COLUMNS[0]}, ..., x25), got {len(row)}. Try an ihdp_npci_<r>.csv file."
                 )
             try:
                 rows.append([float(cell) for cell in row])
             except ValueError as e:
-                raise ValueError(
+                raise DataError(
                     f"{file}, line {line_no}: cannot parse a number ({e}). "
                     f"Try a headerless numeric CSV."
                 ) from None
     if not rows:
-        raise ValueError(f"{file} holds no rows: expected 747 rows of {len(IHDP_COLUMNS)} numbers.")
+        raise DataError(f"{file} holds no rows: expected 747 rows of {len(IHDP_COLUMNS)} numbers.")
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -350,20 +402,20 @@ def load_ihdp(path: str | os.PathLike, replication: int = 1) -> CausalData:
     nan = np.isnan(data)
     if nan.any():
         row, col = (int(i) for i in np.argwhere(nan)[0])
-        raise ValueError(
+        raise DataError(
             f"{file}: column {IHDP_COLUMNS[col]!r} is NaN at row {row} and "
             f"{int(nan.sum()) - 1} other entries; expected no missing values. Try imputing them."
         )
     t, x = data[:, 0], data[:, 5:].copy()
     if not np.isin(t, (0.0, 1.0)).all():
         row = int(np.flatnonzero(~np.isin(t, (0.0, 1.0)))[0])
-        raise ValueError(
+        raise DataError(
             f"{file}: column 'treatment' must be binary {{0, 1}}, got {float(t[row])} at row {row}. "
             f"Try checking the column order (treatment first)."
         )
     x14 = x[:, 13]
     if not np.isin(x14, (1.0, 2.0)).all():
-        raise ValueError(
+        raise DataError(
             f"{file}: column 'x14' expected the raw coding {{1, 2}}, got values "
             f"{np.unique(x14).tolist()[:5]}. Try the unmodified npci CSV."
         )

@@ -44,7 +44,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine

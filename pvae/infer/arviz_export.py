@@ -55,7 +55,7 @@ import numpy as np
 import pyro
 import torch
 
-from ..inputs import as_data_args
+from ..inputs import as_data_tuple
 from ..models.base import program_verb
 from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
 
@@ -74,17 +74,6 @@ _CONSTANT_ULPS = 256
 
 
 # -- plain-dict construction ----------------------------------------------------------
-def _as_args(data: Any) -> tuple:
-    if isinstance(data, torch.Tensor):
-        return (data,)
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
-        return tuple(data)
-    raise TypeError(
-        f"data must be a tensor or a tuple of tensors (the program's positional arguments), got "
-        f"{type(data).__name__}. Try to_inference_data(program, x) or (program, (x, mask))."
-    )
-
-
 def _draws_first(t: torch.Tensor, event_dim: int, slp: SiteLogProbs, particles: bool = True) -> np.ndarray:
     """A site-shaped tensor ``(*batch, *event)`` -> ``(K, B, *rest)`` numpy.
 
@@ -144,7 +133,7 @@ def inference_data_dicts(
         "dims": {...}, "coords": {...}}``; arrays of the draw groups have a
         leading chain dim of size 1.
     """
-    args = as_data_args(program, _as_args(data))
+    args = as_data_tuple(program, data)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
     with torch.no_grad():

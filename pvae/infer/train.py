@@ -26,7 +26,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..inputs import DataError, DataTypeError, as_data_args
+from ..inputs import DataTypeError, as_data_args, as_data_tuple, is_array
 from ..models.base import Program, program_verb
 from .objectives import Objective, make_objective
 
@@ -82,34 +82,17 @@ class FitResult:
 
 
 # -- data ----------------------------------------------------------------------
-def _is_array(value: Any) -> bool:
-    """A tensor, NumPy array or pandas object: one data argument, not a tuple of them."""
-    return isinstance(value, (torch.Tensor, np.ndarray)) or hasattr(value, "to_numpy")
-
-
 def _as_tensors(program: Program, data: Any, name: str, device) -> tuple[torch.Tensor, ...] | None:
-    """Array or tuple of arrays -> tuple of converted tensors; a DataLoader-like
-    iterable -> None (its batches are converted as they come)."""
-    if _is_array(data):
-        data = (data,)
-    if isinstance(data, (tuple, list)) and data and all(_is_array(t) for t in data):
-        names = [name] if len(data) == 1 else [f"{name}[{i}]" for i in range(len(data))]
-        tensors = as_data_args(program, data, names, device=device)
-        sizes = {t.shape[0] if t.dim() else None for t in tensors}
-        if len(sizes) != 1 or None in sizes:
-            raise DataError(
-                f"the arrays of {name} must share their first (data) dimension, got shapes "
-                f"{[tuple(t.shape) for t in tensors]}. Try passing one row per data point in each."
-            )
-        if next(iter(sizes)) == 0:
-            raise DataError(f"{name} is empty: it has no rows. Pass at least one data point.")
-        return tensors
-    if hasattr(data, "__iter__") and not isinstance(data, (str, bytes, tuple, list, dict)):
+    """Arrays -> tuple of converted tensors (:func:`pvae.inputs.as_data_tuple`); a
+    DataLoader-like iterable -> None (its batches are converted as they come)."""
+    if hasattr(data, "__iter__") and not isinstance(data, (str, bytes, tuple, list, dict)) and not is_array(data):
         return None
-    raise DataTypeError(
-        f"{name} must be an array (torch tensor, NumPy array, pandas DataFrame), a tuple of arrays "
-        f"sharing their first dimension, or a DataLoader; got {type(data).__name__}."
-    )
+    try:
+        return as_data_tuple(program, data, name, device=device)
+    except DataTypeError as err:
+        if not isinstance(data, (tuple, list)) and not is_array(data):
+            raise DataTypeError(f"{err} A DataLoader (any iterable of batches) works too.") from None
+        raise
 
 
 def _batches(program, tensors, loader, batch_size: int, shuffle: bool, device) -> Iterator[tuple[torch.Tensor, ...]]:

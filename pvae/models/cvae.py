@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
 
+from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName
 from .nets import Activation, diagonal_normal
@@ -133,12 +134,12 @@ class ConditionalVAE(_EncoderDecoder):
         :raises ValueError: on a wrong shape or out-of-range labels.
         """
         if not isinstance(c, torch.Tensor):
-            raise TypeError(f"c must be a tensor, got {type(c).__name__}.")
+            raise DataTypeError(f"c must be a tensor, got {type(c).__name__}.")
         if self.num_classes is not None and not c.is_floating_point():
             if c.dim() != 1:
-                raise ValueError(f"integer labels c must have shape (batch,), got {tuple(c.shape)}.")
+                raise DataError(f"integer labels c must have shape (batch,), got {tuple(c.shape)}.")
             if is_validation_enabled() and c.numel() and (c.min() < 0 or c.max() >= self.num_classes):
-                raise ValueError(
+                raise DataError(
                     f"labels c must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), "
                     f"got values in {int(c.min())}..{int(c.max())}."
                 )
@@ -147,7 +148,7 @@ class ConditionalVAE(_EncoderDecoder):
             c = c.unsqueeze(-1)
         if c.dim() != 2 or c.shape[-1] != self.condition_dim:
             hint = " (or integer labels of shape (batch,))" if self.num_classes is not None else ""
-            raise ValueError(
+            raise DataError(
                 f"c must have shape (batch, {self.condition_dim}){hint}, got {tuple(c.shape)} "
                 f"of dtype {c.dtype}."
             )
@@ -163,9 +164,9 @@ class ConditionalVAE(_EncoderDecoder):
         with pyro.validation_enabled(True):
             cc = self.condition(c)
         if cc.shape[0] != x.shape[0]:
-            raise ValueError(f"x and c must have the same batch size, got {x.shape[0]} and {cc.shape[0]}.")
+            raise DataError(f"x and c must have the same batch size, got {x.shape[0]} and {cc.shape[0]}.")
         if not torch.isfinite(cc).all():
-            raise ValueError("c has NaN or infinite entries. Try imputing the condition, or dropping those rows.")
+            raise DataError("c has NaN or infinite entries. Try imputing the condition, or dropping those rows.")
 
     @staticmethod
     def _join(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

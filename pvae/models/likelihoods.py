@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions.utils import broadcast_all
 from torch.nn.functional import binary_cross_entropy_with_logits
 
+from ..inputs import DataError, DataTypeError
 from .nets import DiagonalNormal, EventWrapped, Independent, positive
 
 LikelihoodName = Literal[
@@ -48,8 +49,8 @@ __all__ = [
 ]
 
 
-class SupportError(ValueError):
-    """Data outside the support of the chosen likelihood."""
+class SupportError(DataError):
+    """Data outside the support of the chosen likelihood (a :class:`~pvae.inputs.DataError`)."""
 
 
 def check_mask(x: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -57,12 +58,12 @@ def check_mask(x: torch.Tensor, mask: torch.Tensor | None) -> None:
     if mask is None:
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(
+        raise DataTypeError(
             f"mask must be a bool tensor (True = observed), got "
             f"{getattr(mask, 'dtype', type(mask).__name__)}. Try mask=~torch.isnan(x)."
         )
     if mask.shape != x.shape:
-        raise ValueError(
+        raise DataError(
             f"mask must have the shape of x: expected {tuple(x.shape)}, got {tuple(mask.shape)}."
         )
 
@@ -107,11 +108,11 @@ class Likelihood(nn.Module):
         :param torch.Tensor x: data of shape ``(batch, input_dim)``; entries where
             ``mask`` is False may hold anything, NaN included.
         :param mask: bool tensor of ``x``'s shape, True where observed.
-        :raises ValueError: on a wrong shape, NaN at an observed entry, or a value
+        :raises DataError: on a wrong shape, NaN at an observed entry, or a value
             outside the support (:class:`SupportError`).
         """
         if x.dim() < 1 or x.shape[-1] != self.input_dim:
-            raise ValueError(
+            raise DataError(
                 f"x must have {self.input_dim} features in its last dimension, "
                 f"got shape {tuple(x.shape)}."
             )
@@ -119,7 +120,7 @@ class Likelihood(nn.Module):
         observed = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
         nan = torch.isnan(x) & observed
         if nan.any():
-            raise ValueError(
+            raise DataError(
                 f"x has {int(nan.sum())} NaN entries at observed positions (first at "
                 f"{_first_index(nan)}). Try mask=~torch.isnan(x) to mark them missing."
             )

@@ -62,6 +62,7 @@ from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
 from torch import nn
 
+from ..inputs import DataError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
 from .nets import Activation, NormalHead, diagonal_normal, mlp
@@ -228,7 +229,7 @@ class MultimodalVAE(_StandardNormalLatent):
                 continue
             if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape != (batch, self.input_dims[m]):
                 got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ValueError(
+                raise DataError(
                     f"modality {self.modality_names[m]!r} must be a tensor of shape ({batch}, "
                     f"{self.input_dims[m]}), got {got}."
                 )

@@ -80,6 +80,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
 from .nets import Activation, NormalHead, diagonal_normal, mlp, positive
@@ -242,30 +243,30 @@ class SequentialVAE(PyroModule):
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.input_dim:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
+            raise DataError(
                 f"x must be a 3-D tensor of shape (batch, T, {self.input_dim}) (sequences padded to a "
                 f"common length T), got {got}."
             )
         batch, steps, _ = x.shape
         if mask is not None:
             if not isinstance(mask, torch.Tensor):
-                raise TypeError(f"mask must be a tensor of lengths or a bool mask, got {type(mask).__name__}.")
+                raise DataTypeError(f"mask must be a tensor of lengths or a bool mask, got {type(mask).__name__}.")
             if mask.dtype == torch.bool:
                 if mask.shape != (batch, steps):
-                    raise ValueError(f"a bool mask must have shape ({batch}, {steps}) (batch, T), got "
+                    raise DataError(f"a bool mask must have shape ({batch}, {steps}) (batch, T), got "
                                      f"{tuple(mask.shape)}.")
                 if bool((mask[:, 1:] & ~mask[:, :-1]).any()) or not bool(mask[:, 0].all()):
                     row = int((~mask[:, 0] | (mask[:, 1:] & ~mask[:, :-1]).any(-1)).nonzero()[0])
-                    raise ValueError(
+                    raise DataError(
                         f"the observed steps of each sequence must be a prefix of its row (ragged "
                         f"sequences padded at the end, at least one step); row {row} of the mask is "
                         f"{mask[row].int().tolist()}. Try lengths = mask.sum(-1) after moving the padding "
                         "to the end."
                     )
             elif mask.is_floating_point():
-                raise TypeError(f"lengths must be an integer tensor (or the mask a bool one), got {mask.dtype}.")
+                raise DataTypeError(f"lengths must be an integer tensor (or the mask a bool one), got {mask.dtype}.")
             elif mask.shape != (batch,) or bool((mask < 1).any() | (mask > steps).any()):
-                raise ValueError(
+                raise DataError(
                     f"lengths must have shape ({batch},) with values in 1..{steps}, got shape "
                     f"{tuple(mask.shape)} and values {mask.tolist() if mask.numel() <= 10 else '...'}."
                 )

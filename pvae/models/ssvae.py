@@ -84,6 +84,7 @@ import torch.nn.functional as F
 from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
 
+from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName
 from .nets import Activation, diagonal_normal, mlp
@@ -207,14 +208,14 @@ class SemiSupervisedVAE(_EncoderDecoder):
         if y is None:
             return
         if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
-            raise TypeError(
+            raise DataTypeError(
                 f"y must be an integer tensor of labels (-1 for unknown), got "
                 f"{getattr(y, 'dtype', type(y).__name__)}. Try y.long()."
             )
         if y.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape ({x.shape[0]},) (one label per row of x), got {tuple(y.shape)}.")
+            raise DataError(f"y must have shape ({x.shape[0]},) (one label per row of x), got {tuple(y.shape)}.")
         if y.numel() and (y.min() < UNLABELLED or y.max() >= self.num_classes):
-            raise ValueError(
+            raise DataError(
                 f"labels y must lie in 0..{self.num_classes - 1}, or be {UNLABELLED} for unknown; "
                 f"got values in {int(y.min())}..{int(y.max())}."
             )

@@ -31,6 +31,7 @@ from pyro.infer import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
+from ..inputs import DataError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName, make_likelihood
 from .nets import Activation, NormalHead, StandardNormal, diagonal_normal, mlp
@@ -110,7 +111,7 @@ class _EncoderDecoder(_StandardNormalLatent):
 
     def _check_x(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            raise ValueError(
+            raise DataError(
                 f"x must be a 2-D tensor of shape (batch, {self.input_dim}), got "
                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}."
             )
