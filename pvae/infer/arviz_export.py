@@ -354,7 +354,8 @@ def psis_diagnostics(
     Computed with ``arviz.psislw`` on the ``(batch, K)`` log-weights (relative
     efficiency 1: independent draws).
 
-    :param callable model: a Pyro model whose data sit in a ``pyro.plate``.
+    :param callable model: a Pyro model whose data sit in a ``pyro.plate``; or a
+        program with ``.model`` and ``.guide``, and then no guide argument.
     :param callable guide: its guide, same signature.
     :param args: the program's positional arguments, e.g. ``x``.
     :param int num_particles: K, weights per datum. Default 1000 (k-hat

@@ -342,7 +342,8 @@ def iwae_bound(
     Evaluation only: runs under ``torch.no_grad()``. With ``num_particles=1``
     and the same seed the value equals :func:`pvae.infer.elbo` exactly.
 
-    :param callable model: a Pyro model whose data sit in a ``pyro.plate``.
+    :param callable model: a Pyro model whose data sit in a ``pyro.plate``; or a
+        program with ``.model`` and ``.guide``, and then no guide argument.
     :param callable guide: its guide, same signature.
     :param int num_particles: K, importance samples per datum. Default 1.
     :param int chunk_size: particles per vectorised pass. Default None: one
@@ -387,7 +388,8 @@ def log_evidence(
     :math:`\\log w_k` over :math:`\\sqrt{K'}`. Since :math:`\\mathrm{IWAE}_K`
     is biased low, so is the gap. Evaluation only (``torch.no_grad()``).
 
-    :param callable model: a Pyro model whose data sit in a ``pyro.plate``.
+    :param callable model: a Pyro model whose data sit in a ``pyro.plate``; or a
+        program with ``.model`` and ``.guide``, and then no guide argument.
     :param callable guide: its guide, same signature.
     :param int num_particles: K of the importance-weighted estimate. Default 5000.
     :param int chunk_size: particles per vectorised pass (see :func:`iwae_bound`).

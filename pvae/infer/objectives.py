@@ -93,7 +93,7 @@ def _model_key(model: Callable) -> tuple[int, Any]:
 
 
 class Objective:
-    """Base class; subclasses implement :meth:`__call__`."""
+    """Base class; subclasses implement ``__call__``."""
 
     num_particles: int = 1
 
@@ -372,7 +372,7 @@ class IWAEObjective(Objective):
 
     Every latent site must be reparameterised (``fn.has_rsample``): score-function
     (REINFORCE) estimators for discrete latents are out of scope. Every site must
-    lie in the data plate (found by :func:`~pvae.infer.traces.find_data_plate`).
+    lie in the data plate (found by ``pvae.infer.traces.find_data_plate``).
 
     :param int num_particles: :math:`K`, vectorised. Default 1.
     :param str estimator: ``"standard"`` or ``"dreg"``. Default ``"standard"``.

@@ -323,7 +323,8 @@ def site_log_probs(
 ) -> SiteLogProbs:
     """Per-site log-densities, shape ``(num_particles, batch)``, of one vectorised run.
 
-    :param callable model: a Pyro model whose data sit in a ``pyro.plate``.
+    :param callable model: a Pyro model whose data sit in a ``pyro.plate``; or a
+        program with ``.model`` and ``.guide``, and then no guide argument.
     :param callable guide: its guide, same signature.
     :param int num_particles: particles drawn in one vectorised pass. Default 1.
     :param str data_plate: name of the data plate; found by itself when the
