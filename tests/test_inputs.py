@@ -13,7 +13,7 @@ import torch
 import pvae
 from pvae import DataError, DataTypeError
 from pvae.analysis import anomaly_scores, encode_mean, pearson_residuals
-from pvae.causal import CEVAE, ate, cate, ite, potential_outcomes
+from pvae.causal import CEVAE
 from pvae.data import load_digits
 from pvae.infer import (
     active_units,
@@ -230,29 +230,6 @@ def test_the_older_guide_keyword_still_works(x32):
     pyro.set_rng_seed(5)
     r = refine(vae.model, x, guide=vae.guide, num_steps=2)
     assert r.elbo_trace.shape == (3, len(x))
-
-
-def _treatment_model(x, t=None, y=None):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        t = pyro.sample("t", dist.Bernoulli(logits=z), obs=t)
-        return pyro.sample("y", dist.Normal(t * (1 + x) + z, 0.5), obs=y)
-
-
-def _treatment_guide(x, t=None, y=None):
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(0.3 * x, 1.0))
-
-
-@pytest.mark.parametrize("verb", [ite, ate, cate, lambda *a, **k: potential_outcomes(*a, **k)[1]])
-def test_causal_queries_take_both_conventions(verb):
-    x = torch.linspace(-2, 2, 5)
-    pair = ModelGuidePair(_treatment_model, _treatment_guide)
-    pyro.set_rng_seed(0)
-    a = verb(pair, x, num_samples=10)
-    pyro.set_rng_seed(0)
-    b = verb(_treatment_model, _treatment_guide, x.numpy(), num_samples=10)
-    torch.testing.assert_close(a.mean, b.mean.to(a.mean.dtype))
 
 
 def test_encode_mean_reads_any_array(x32):

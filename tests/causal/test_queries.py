@@ -165,3 +165,14 @@ def test_an_outcome_outside_the_data_plate_is_refused():
 
     with pytest.raises(SiteError, match="outside the data plate"):
         ite(ModelGuidePair(model, guide), torch.zeros(3))
+
+
+@pytest.mark.parametrize("verb", [ite, ate, cate, lambda *a, **k: potential_outcomes(*a, **k)[1]],
+                         ids=["ite", "ate", "cate", "potential_outcomes"])
+def test_queries_take_both_calling_conventions_and_numpy(verb):
+    x = torch.linspace(-2, 2, 5)
+    pyro.set_rng_seed(0)
+    a = verb(LINEAR, x, num_samples=10)
+    pyro.set_rng_seed(0)
+    b = verb(linear_model, linear_guide, x.numpy(), num_samples=10)
+    torch.testing.assert_close(a.mean, b.mean)
