@@ -110,12 +110,14 @@ def _from_pandas(value: Any, name: str) -> np.ndarray:
     array = value.to_numpy()
     if array.dtype != object:
         return array
+    dtypes = getattr(value, "dtypes", None)
     try:  # nullable integer / boolean columns (pd.NA) and mixed numeric frames
+        if hasattr(dtypes, "items") and any(getattr(d, "kind", "") in ("m", "M") for d in dtypes):
+            raise TypeError  # pandas would read dates and durations beside numbers as nanoseconds
         return value.to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError):
         from pandas.api.types import is_numeric_dtype  # pandas is there: value is one of its objects
 
-        dtypes = getattr(value, "dtypes", None)
         columns = dtypes.items() if hasattr(dtypes, "items") else ()
         bad = [str(c) for c, d in columns if not is_numeric_dtype(d)]
         where = f" (non-numeric columns {bad})" if bad else ""
@@ -126,7 +128,13 @@ def _from_pandas(value: Any, name: str) -> np.ndarray:
 
 
 # NumPy dtypes torch cannot hold (or barely operates on), read as the nearest it can.
-_WIDEN = {np.dtype(np.uint16): np.int64, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.float64}
+_WIDEN = {
+    np.dtype(np.uint16): np.int64,
+    np.dtype(np.uint32): np.int64,
+    np.dtype(np.uint64): np.float64,
+    np.dtype(np.longdouble): np.float64,  # float128 / float96 where the platform has them
+    np.dtype(np.clongdouble): np.complex128,
+}
 
 
 def _to_tensor(value: Any, name: str) -> torch.Tensor:
@@ -146,7 +154,8 @@ def _to_tensor(value: Any, name: str) -> torch.Tensor:
             f"{name} must hold numbers, got {type(value).__name__} of NumPy dtype {array.dtype}. "
             f"Try np.asarray({name}, dtype=float)."
         )
-    array = array.astype(_WIDEN.get(array.dtype, array.dtype.newbyteorder("=")), copy=False)
+    native = array.dtype.newbyteorder("=")
+    array = array.astype(_WIDEN.get(native, native), copy=False)
     if not array.flags.writeable or not array.flags.c_contiguous:  # read-only views, negative strides
         array = np.array(array, order="C", copy=True)
     return torch.from_numpy(array)
@@ -190,11 +199,13 @@ def as_data(
     elif kind == "labels":
         target = torch.int64
         if tensor.is_floating_point():
-            finite = torch.isfinite(tensor)
-            if not bool((tensor[finite] == tensor[finite].round()).all()) or not bool(finite.all()):
+            values = tensor.double()  # float8 / bfloat16 lack some ops; every float fits in float64
+            whole = torch.isfinite(values) & (values == values.round())
+            if not bool((whole & (values >= -(2.0**63)) & (values < 2.0**63)).all()):
                 raise DataTypeError(
-                    f"{name} must hold integer labels, got {_type_name(value)} with non-integer or "
-                    f"non-finite values. Try {name}.round().long(), or -1 for an unknown label where allowed."
+                    f"{name} must hold integer labels, got {_type_name(value)} with non-integer, "
+                    f"non-finite or out-of-int64-range values. "
+                    f"Try {name}.round().long(), or -1 for an unknown label where allowed."
                 )
         elif tensor.dtype == torch.bool:
             raise DataTypeError(f"{name} must hold integer labels, got a bool tensor. Try {name}.long().")

@@ -7,12 +7,20 @@ distributions or shapes raise rather than silently broadcast).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyro
 import pyro.infer
 import pytest
 import torch
+from hypothesis import settings
+
+# Property-based tests (tests/test_fuzz_inputs.py): no per-example deadline (the
+# suite runs beside other processes); under CI, the same examples every run.
+settings.register_profile("pvae", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "pvae")
 
 # Small tensors only: more threads make CPU tests slower, not faster, and the
 # suite runs beside other processes.

@@ -148,15 +148,18 @@ def load_csv(path: str | os.PathLike) -> Dataset:
             lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 numeric CSV.") from None
+    width = len(lines[0][1]) if lines else 0  # the header's width, when there is one
     if lines and not all(_is_number(c) for c in lines[0][1]):
         lines = lines[1:]  # a header
     if not lines:
         raise DataError(f"{file} holds no data rows. Try a CSV with one numeric row per data point.")
-    width = len(lines[0][1])
     values = []
     for line_no, row in lines:
         if len(row) != width:
-            raise DataError(f"{file}, line {line_no}: expected {width} columns (as in the first row), got {len(row)}.")
+            raise DataError(
+                f"{file}, line {line_no}: expected {width} columns (as in the first row), got {len(row)}. "
+                "Try the same number of cells in every row (empty cells for missing values)."
+            )
         for col, cell in enumerate(row, start=1):
             if not _is_number(cell):
                 raise DataError(
@@ -348,22 +351,25 @@ class CausalData:
 
 def _read_ihdp_csv(file: Path) -> np.ndarray:
     rows = []
-    with open(file, newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(IHDP_COLUMNS):
-                raise DataError(
-                    f"{file}, line {line_no}: expected {len(IHDP_COLUMNS)} columns "
-                    f"({IHDP_COLUMNS[0]}, ..., x25), got {len(row)}. Try an ihdp_npci_<r>.csv file."
-                )
-            try:
-                rows.append([float(cell) for cell in row])
-            except ValueError as e:
-                raise DataError(
-                    f"{file}, line {line_no}: cannot parse a number ({e}). "
-                    f"Try a headerless numeric CSV."
-                ) from None
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            for line_no, row in enumerate(csv.reader(f), start=1):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if len(row) != len(IHDP_COLUMNS):
+                    raise DataError(
+                        f"{file}, line {line_no}: expected {len(IHDP_COLUMNS)} columns "
+                        f"({IHDP_COLUMNS[0]}, ..., x25), got {len(row)}. Try an ihdp_npci_<r>.csv file."
+                    )
+                try:
+                    rows.append([float(cell) for cell in row])
+                except ValueError as e:
+                    raise DataError(
+                        f"{file}, line {line_no}: cannot parse a number ({e}). "
+                        f"Try a headerless numeric CSV."
+                    ) from None
+    except (UnicodeDecodeError, csv.Error) as err:  # binary junk, NUL bytes, a runaway quoted field
+        raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 ihdp_npci_<r>.csv file.") from None
     if not rows:
         raise DataError(f"{file} holds no rows: expected 747 rows of {len(IHDP_COLUMNS)} numbers.")
     return np.asarray(rows, dtype=np.float64)
@@ -384,7 +390,7 @@ def load_ihdp(path: str | os.PathLike, replication: int = 1) -> CausalData:
         file's stem) with ``x`` of shape ``(747, 25)``.
     :rtype: CausalData
     :raises FileNotFoundError: if the file is missing.
-    :raises ValueError: on parse errors, a wrong column count, NaN values, a
+    :raises ValueError: on parse errors, a wrong column count, NaN or infinite values, a
         non-binary treatment or ``x14`` outside {1, 2}.
     """
     file = Path(path)
@@ -405,6 +411,13 @@ def load_ihdp(path: str | os.PathLike, replication: int = 1) -> CausalData:
         raise DataError(
             f"{file}: column {IHDP_COLUMNS[col]!r} is NaN at row {row} and "
             f"{int(nan.sum()) - 1} other entries; expected no missing values. Try imputing them."
+        )
+    big = np.abs(data) > np.finfo(np.float32).max  # inf, or infinite once read as float32
+    if big.any():
+        row, col = (int(i) for i in np.argwhere(big)[0])
+        raise DataError(
+            f"{file}: column {IHDP_COLUMNS[col]!r} holds {float(data[row, col])} at row {row}; expected "
+            f"finite values (within float32 range). Try the unmodified npci CSV."
         )
     t, x = data[:, 0], data[:, 5:].copy()
     if not np.isin(t, (0.0, 1.0)).all():

@@ -117,6 +117,10 @@ class Likelihood(nn.Module):
                 f"got shape {tuple(x.shape)}."
             )
         check_mask(x, mask)
+        if x.is_complex():
+            raise DataTypeError(f"x must be real, got a complex tensor ({x.dtype}). Try x.real or x.abs().")
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            x = x.double()  # bool / integer data: torch has no floor or isnan for every dtype
         observed = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
         nan = torch.isnan(x) & observed
         if nan.any():
