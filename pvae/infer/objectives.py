@@ -86,6 +86,12 @@ class StepTerms:
         return self.reconstruction - self.kl
 
 
+def _unit(kl_weight: float | torch.Tensor) -> bool:
+    """A KL weight of exactly 1 as a Python number: no multiplication needed. A
+    tensor weight (a captured step's graph input) is always applied."""
+    return not isinstance(kl_weight, torch.Tensor) and kl_weight == 1.0
+
+
 def _model_key(model: Callable) -> tuple[int, Any]:
     # a bound method (``vae.model``) is a new object on every attribute access:
     # key it by its instance and function, which live as long as the program
@@ -257,7 +263,7 @@ def _elbo_terms_from_traces(
     if not rec:
         raise ValueError("the model has no observed sample site: nothing to fit. Pass the data as obs=.")
     total_kl_scaled = _total(kl_scaled, rec[0])
-    if kl_weight != 1.0:
+    if not _unit(kl_weight):
         total_kl_scaled = kl_weight * total_kl_scaled
     loss = total_kl_scaled - _total(rec_scaled, rec[0])
     with torch.no_grad():
@@ -415,7 +421,7 @@ class IWAEObjective(Objective):
         parts = _log_weight_parts(model_trace, guide_trace, particle_dim, K, dreg, self._what)
         log_lik, log_prior, log_q, scale = parts.log_lik, parts.log_prior, parts.log_q, parts.scale
         latent_term = log_prior - log_q
-        log_w = log_lik + (latent_term if kl_weight == 1.0 else kl_weight * latent_term)
+        log_w = log_lik + (latent_term if _unit(kl_weight) else kl_weight * latent_term)
         one_minus_alpha = 1.0 - alpha
         log_k = math.log(K)
         if dreg:
@@ -439,7 +445,7 @@ class IWAEObjective(Objective):
         if scale != 1.0:
             loss = scale * loss
         with torch.no_grad():
-            if kl_weight != 1.0:
+            if not _unit(kl_weight):
                 log_w = log_lik + latent_term
                 bound = (torch.logsumexp(one_minus_alpha * log_w, 0) - log_k) / one_minus_alpha
             bound_total = bound.detach().sum()
@@ -893,7 +899,7 @@ def _enum_terms(
     like = next(s["value"] for s in model_trace.nodes.values() if s["type"] == "sample")
     like = like if like.is_floating_point() else like.float()
     if log_factors:  # model-side enumeration: only the whole ELBO exists
-        if kl_weight != 1.0:
+        if not _unit(kl_weight):
             raise ValueError(
                 "kl_warmup needs the KL term of the ELBO, and a model with enumerated sites has none "
                 "(its enumerated latents are summed out, with no guide). Try kl_warmup=None, or "
@@ -918,7 +924,7 @@ def _enum_terms(
         raise ValueError("the model has no observed sample site: nothing to fit. Pass the data as obs=.")
     rec = _as_tensor(dice.compute_expectation(observed), like)
     neg_kl = _as_tensor(dice.compute_expectation(latent), like)
-    loss = -(rec + (neg_kl if kl_weight == 1.0 else kl_weight * neg_kl))
+    loss = -(rec + (neg_kl if _unit(kl_weight) else kl_weight * neg_kl))
     with torch.no_grad():
         if unscaled:  # beta (poutine.scale) or subsampling: recompute with unit scales
             rec, neg_kl = _unscaled_expectations(dice, model_trace, guide_trace, ordering, like)

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyro
@@ -28,6 +28,7 @@ from pyro import poutine
 
 from ..inputs import DataTypeError, as_data_args, as_data_tuple, is_array
 from ..models.base import Program, program_verb
+from .capture import CapturedStep, TrainStep
 from .objectives import Objective, make_objective
 
 __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
@@ -249,6 +250,26 @@ def _progress(enabled: bool | None, total: int | None, desc: str):
     return tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.5)
 
 
+# -- the step ------------------------------------------------------------------
+# A captured step pays for itself after about this many steps (benchmarks/train_speed.py:
+# capture seconds / seconds saved per step, on MNIST-8k and the digits); compile="auto"
+# captures only runs longer than that.
+AUTO_COMPILE_MIN_STEPS = 2000
+_COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
+
+
+def _train_step(compile, program, objective, params, tensors, loader, batch_size, num_epochs) -> TrainStep:
+    if compile not in _COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
+        raise ValueError(f"compile must be one of {list(_COMPILE_CHOICES)}, got {compile!r}.")
+    if compile == "auto":
+        steps = _num_steps(tensors, loader, batch_size)
+        compile = steps is not None and steps * num_epochs >= AUTO_COMPILE_MIN_STEPS
+    if compile is False:
+        return TrainStep(program, objective, params)
+    mode = "graph" if compile is True else compile
+    return CapturedStep(program, objective, params, mode=mode, verbose=True)
+
+
 # -- evaluation ------------------------------------------------------------------
 @torch.no_grad()
 def _evaluate(program, objective: Objective, tensors, loader, batch_size: int, device) -> dict[str, float]:
@@ -287,6 +308,7 @@ def fit(
     callback: Callable[[dict[str, float]], None] | None = None,
     divergence_factor: float | None = 1e3,
     diagnostics_every: int | None = 10,
+    compile: bool | Literal["graph", "inductor", "auto"] = False,
 ) -> FitResult:
     """Fit a program's parameters by stochastic variational inference.
 
@@ -348,6 +370,17 @@ def fit(
         training rows without validation data; tensor data only), and warn with
         :class:`~pvae.infer.PosteriorCollapseWarning` if no unit is active at the
         end. None: never. Default 10.
+    :param compile: capture the training step (objective and backward pass) once
+        and replay it (:class:`~pvae.infer.capture.CapturedStep`): ``True`` or
+        ``"graph"`` replays make_fx's graph (the same numbers as eager, to the
+        bit, under the same seed), ``"inductor"`` compiles it with
+        ``torch.compile`` (float-close to eager; the first compile takes tens of
+        seconds), ``"auto"`` captures runs of at least
+        :data:`AUTO_COMPILE_MIN_STEPS` steps. The graph is checked against an
+        eager step at the first step and every 100 after, and re-captured if the
+        program changed; a program that cannot be captured trains eagerly with
+        one :class:`~pvae.infer.capture.CaptureWarning` naming why. Batches of
+        another shape (the last partial one) run eagerly. Default False.
     :returns: a :class:`FitResult`.
     :raises TrainingDivergedError: on a diverging loss, naming the epoch and
         step; parameters are restored to the last good epoch and the last
@@ -386,6 +419,7 @@ def fit(
     if not params:
         raise ValueError("the program has no trainable parameters: nothing to fit.")
     optimizer = _adam(params, learning_rate, weight_decay)
+    train_step = _train_step(compile, program, objective, params, tensors, loader, batch_size, num_epochs)
 
     history: list[dict[str, float]] = []
     start_epoch, best_epoch, best_val, bad_epochs = 0, -1, -math.inf, 0
@@ -432,10 +466,9 @@ def fit(
                     kl_weight = schedule(epoch + step / steps)
                 if step_hook is not None:
                     step_hook(epoch + step / steps if steps else float(epoch))
-                terms = objective(program.model, program.guide, batch, {}, kl_weight)
+                terms = train_step(batch, kl_weight)  # gradients now in .grad
                 b = batch[0].shape[0]
-                loss = terms.loss / b
-                value = loss.item()
+                value = terms.loss.item() / b
                 if reference is None:
                     reference = abs(value) + 1.0
                 if not math.isfinite(value) or (divergence_factor is not None and value > divergence_factor * reference):
@@ -445,12 +478,10 @@ def fit(
                         _divergence_message(value, reference, divergence_factor, epoch, step, learning_rate, ckpt_path),
                         result,
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 optimizer.step()
-                sums.append((terms.loss.detach(), terms.reconstruction, terms.kl)
+                sums.append((terms.loss, terms.reconstruction, terms.kl)
                             + (() if terms.bound is None else (terms.bound,)))
                 n_seen += b
                 if bar is not None:

@@ -1,0 +1,325 @@
+"""The training step, eager or captured once and replayed.
+
+:class:`TrainStep` is one step of :func:`pvae.fit` before the optimiser update:
+the objective on a batch and its backward pass, gradients left in each
+parameter's ``.grad``. :class:`CapturedStep` records that whole computation
+once per batch signature with :func:`torch.fx.experimental.proxy_tensor.make_fx`
+(the program's Python, Pyro's effect handlers and autograd run once; the graph
+holds only tensor operations, the reparameterised noise draws among them) and
+then replays the graph, optionally compiled by ``torch.compile`` (inductor).
+
+A captured program is assumed static, as JAX assumes of a jitted function. The
+assumption is checked, not trusted:
+
+- at the first step and every ``check_every`` steps after, the step runs eagerly
+  and the graph is replayed on the same batch from the same random state; if
+  their losses or gradients differ, the graph is captured anew from that batch
+  (the step itself used the eager result, so no update ever comes from a stale
+  graph at a check);
+- a program that cannot be captured falls back to eager steps with one
+  :class:`CaptureWarning` naming the reason and the sample site where it
+  happened: data-dependent Python control flow or ``.item()`` (make_fx refuses
+  to read a traced value), Python-side randomness (``random`` / ``numpy.random``
+  draws would be frozen into the graph), enumerated discrete sites, and a
+  program that changes its own Python state every step (``on_train_step``, e.g.
+  a Gumbel-softmax temperature schedule, would be frozen too).
+
+Batches of another shape than the captured one (the last partial batch of an
+epoch) run eagerly rather than paying for a second capture.
+
+The KL warm-up weight is a graph input (a 0-d tensor), so a schedule changes it
+without a new capture. The captured graph draws its noise from torch's global
+generator exactly as the eager step does, so with ``mode="graph"`` a captured
+run equals the eager run to the bit under the same seed (and resumes exactly);
+inductor's fused kernels round differently, so ``mode="inductor"`` matches
+eager only to float tolerance (it is told to use torch's generator too).
+
+References
+
+1. J. Ansel et al. PyTorch 2: Faster machine learning through dynamic Python
+   bytecode transformation and graph compilation. ASPLOS 2024.
+2. R. Frostig, M. J. Johnson, C. Leary. Compiling machine learning programs via
+   high-level tracing. SysML 2018 (JAX's tracing assumption).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from pyro.poutine.messenger import Messenger
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .objectives import EnumElboObjective, Objective, StepTerms
+
+CaptureMode = Literal["graph", "inductor"]
+CAPTURE_MODES: tuple[str, ...] = ("graph", "inductor")
+
+__all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureWarning", "CapturedStep", "TrainStep"]
+
+
+class CaptureWarning(UserWarning):
+    """The training step could not be captured (or captured usefully) and runs eagerly."""
+
+
+class _Uncapturable(Exception):
+    def __init__(self, reason: str, site: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.site = reason, site
+
+
+class TrainStep:
+    """The eager step: objective on a batch, backward pass, gradients in ``.grad``.
+
+    :param program: the program (``model`` and ``guide``).
+    :param objective: the training objective.
+    :param params: the tensors to differentiate.
+    """
+
+    def __init__(self, program: Any, objective: Objective, params: Sequence[torch.Tensor]) -> None:
+        self.program, self.objective, self.params = program, objective, list(params)
+
+    def __call__(self, batch: tuple[torch.Tensor, ...], kl_weight: float) -> StepTerms:
+        """Run the step on ``batch``; return the detached :class:`StepTerms`."""
+        terms = self.objective(self.program.model, self.program.guide, batch, {}, kl_weight)
+        for p in self.params:
+            p.grad = None
+        (terms.loss / batch[0].shape[0]).backward()
+        return StepTerms(terms.loss.detach(), terms.reconstruction, terms.kl, terms.bound)
+
+    @property
+    def description(self) -> str:
+        """What runs: ``"eager"``."""
+        return "eager"
+
+
+class _SiteTracker(Messenger):
+    """Remembers the sample site being processed, for the fallback warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.site: str | None = None
+
+    def _pyro_sample(self, msg: dict) -> None:
+        self.site = msg["name"]
+
+
+class _NoValueReads(TorchDispatchMode):
+    """Refuses to read a tensor's value into Python while the step is captured: the
+    value would be frozen into the graph (make_fx itself refuses this for traced
+    tensors, not for a parameter read directly)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _VALUE_READS:
+            raise _Uncapturable(_VALUE_READ_REASON)
+        return func(*args, **(kwargs or {}))
+
+
+_VALUE_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+_VALUE_READ_REASON = (
+    "the program reads a tensor's value in Python (.item(), float(t), or `if` on a tensor), so the "
+    "graph would freeze that value or the branch it chose"
+)
+
+
+class CapturedStep(TrainStep):
+    """The step captured once per batch signature and replayed (see the module).
+
+    :param program: the program (``model`` and ``guide``).
+    :param objective: the training objective.
+    :param params: the tensors to differentiate.
+    :param str mode: ``"graph"`` (replay make_fx's graph) or ``"inductor"``
+        (``torch.compile`` it). Default ``"graph"``.
+    :param int check_every: compare the graph with an eager step at the first
+        step and every this many steps after. Default 100.
+    :param bool verbose: print the capture (and compile) time once. Default False.
+    """
+
+    def __init__(
+        self,
+        program: Any,
+        objective: Objective,
+        params: Sequence[torch.Tensor],
+        *,
+        mode: CaptureMode = "graph",
+        check_every: int = 100,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(program, objective, params)
+        if mode not in CAPTURE_MODES:
+            raise ValueError(f"mode must be one of {list(CAPTURE_MODES)}, got {mode!r}.")
+        if int(check_every) != check_every or check_every < 1:
+            raise ValueError(f"check_every must be a positive integer, got {check_every!r}.")
+        self.mode, self.check_every, self.verbose = mode, int(check_every), verbose
+        self.fallback: str | None = None  # why the step runs eagerly, once decided
+        self.capture_seconds = 0.0
+        self.captures = 0
+        self._graph: Callable[..., Any] | None = None
+        self._signature: tuple | None = None
+        self._used: list[int] = []  # params that receive a gradient
+        self._has_bound = False
+        self._steps = 0
+        if isinstance(objective, EnumElboObjective):
+            self._fall_back("the objective enumerates discrete sites exactly (enum_elbo)", None)
+        elif callable(getattr(program, "on_train_step", None)):
+            self._fall_back(
+                "the program changes its own Python state every step (on_train_step), which a captured "
+                "graph would freeze", None,
+            )
+
+    @property
+    def description(self) -> str:
+        """What runs: ``"captured (graph)"``, ``"captured (inductor)"`` or ``"eager (<reason>)"``."""
+        return f"eager ({self.fallback})" if self.fallback else f"captured ({self.mode})"
+
+    def __call__(self, batch: tuple[torch.Tensor, ...], kl_weight: float) -> StepTerms:
+        """Run the step on ``batch``, from the graph where it is valid."""
+        if self.fallback is not None:
+            return super().__call__(batch, kl_weight)
+        signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
+        if self._graph is None:
+            self._capture(batch)
+            self._steps = 0  # a new graph is checked at its first step
+            if self.fallback is not None:
+                return super().__call__(batch, kl_weight)
+        if signature != self._signature:
+            return super().__call__(batch, kl_weight)  # e.g. the last partial batch
+        self._steps += 1
+        weight = torch.tensor(float(kl_weight), dtype=batch[0].dtype if batch[0].is_floating_point() else None)
+        if self._steps == 1 or self._steps % self.check_every == 0:
+            return self._checked(batch, weight, kl_weight)
+        return self._replay(batch, weight)
+
+    # -- capture ------------------------------------------------------------------------
+    def _function(self) -> Callable[..., Any]:
+        objective, program, params = self.objective, self.program, self.params
+
+        def step(kl_weight: torch.Tensor, *batch: torch.Tensor):
+            terms = objective(program.model, program.guide, batch, {}, kl_weight)
+            grads = torch.autograd.grad(terms.loss / batch[0].shape[0], params, allow_unused=True)
+            values = [terms.loss.detach(), terms.reconstruction, terms.kl]
+            if terms.bound is not None:
+                values.append(terms.bound)
+            return values, [g for g in grads if g is not None], [i for i, g in enumerate(grads) if g is not None]
+
+        return step
+
+    def _capture(self, batch: tuple[torch.Tensor, ...]) -> None:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        step = self._function()
+        used: list[int] = []
+        has_bound: list[bool] = []
+
+        def traced(kl_weight: torch.Tensor, *b: torch.Tensor):
+            with _NoValueReads():
+                values, grads, idx = step(kl_weight, *b)
+            used[:] = idx
+            has_bound[:] = [len(values) == 4]
+            return (*values, *grads)
+
+        tick = time.perf_counter()
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            # fill the objective's per-program caches (the plate-nesting guess runs the
+            # program) eagerly, so that none of that work is recorded into the graph
+            self.objective(self.program.model, self.program.guide, batch, {}, 1.0)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        tracker = _SiteTracker()
+        weight = torch.tensor(1.0, dtype=batch[0].dtype if batch[0].is_floating_point() else None)
+        try:
+            # the capture runs the program once: keep the RNG where it was, so that the
+            # captured run draws exactly what the eager run would
+            with torch.random.fork_rng(devices=[]), tracker:
+                graph = make_fx(traced)(weight, *batch)
+        except _Uncapturable as err:
+            self._fall_back(err.reason, tracker.site)
+            return
+        except RuntimeError as err:
+            text = str(err)
+            if "_local_scalar_dense" in text or "data-dependent" in text:
+                self._fall_back(_VALUE_READ_REASON, tracker.site)
+            else:
+                self._fall_back(f"{type(err).__name__}: {text.splitlines()[0] if text else ''}", tracker.site)
+            return
+        except Exception as err:  # anything else the program does that tracing cannot follow
+            self._fall_back(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", tracker.site)
+            return
+        if random.getstate() != py_state or not _same_numpy_state(np.random.get_state(), np_state):
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            self._fall_back(
+                "the program draws Python-side random numbers (random / numpy.random), which a captured "
+                "graph would freeze; use torch's generator (pyro.sample, torch.randn)", None,
+            )
+            return
+        if self.mode == "inductor":
+            graph = _compile(graph)
+            with torch.random.fork_rng(devices=[]):
+                graph(weight, *batch)  # compile now, so that the time printed includes it
+        self._graph, self._used, self._has_bound = graph, used, has_bound[0]
+        self._signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
+        self.capture_seconds += time.perf_counter() - tick
+        self.captures += 1
+        if self.verbose:
+            what = "captured and compiled" if self.mode == "inductor" else "captured"
+            print(f"pvae.fit: {what} the training step ({self.mode}) in {self.capture_seconds:.1f} s")
+
+    def _fall_back(self, reason: str, site: str | None) -> None:
+        self.fallback = reason + (f" (at sample site {site!r})" if site else "")
+        warnings.warn(
+            f"pvae.fit(compile=...): the training step runs eagerly: {self.fallback}. Nothing is lost "
+            "but speed; compile=False silences this.",
+            CaptureWarning,
+            stacklevel=4,
+        )
+
+    # -- replay -------------------------------------------------------------------------
+    def _run_graph(self, batch: tuple[torch.Tensor, ...], weight: torch.Tensor) -> tuple[StepTerms, list[torch.Tensor]]:
+        out = self._graph(weight, *batch)
+        k = 4 if self._has_bound else 3
+        values, grads = out[:k], list(out[k:])
+        return StepTerms(values[0], values[1], values[2], values[3] if self._has_bound else None), grads
+
+    def _replay(self, batch: tuple[torch.Tensor, ...], weight: torch.Tensor) -> StepTerms:
+        terms, grads = self._run_graph(batch, weight)
+        for p in self.params:
+            p.grad = None
+        for i, g in zip(self._used, grads):
+            self.params[i].grad = g
+        return terms
+
+    def _checked(self, batch: tuple[torch.Tensor, ...], weight: torch.Tensor, kl_weight: float) -> StepTerms:
+        """An eager step, with the graph replayed from the same random state beside it;
+        a graph that disagrees is captured anew."""
+        with torch.random.fork_rng(devices=[]):
+            replayed, grads = self._run_graph(batch, weight)
+        eager = TrainStep.__call__(self, batch, kl_weight)
+        eager_grads = [self.params[i].grad for i in self._used]
+        unused_now = [i for i, p in enumerate(self.params) if p.grad is not None and i not in self._used]
+        if unused_now or not _close([replayed.loss, *grads], [eager.loss, *eager_grads]):
+            if self._steps == 1:  # a graph that is wrong at once will not be right later
+                self._fall_back("the captured graph disagrees with the eager step at once: the program is "
+                                "not static (its Python state or structure changes between calls)", None)
+            self._graph = None  # the program changed: capture it again on the next full batch
+        return eager
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor | None]) -> bool:
+    return len(a) == len(b) and all(
+        y is not None and x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(a, b)
+    )
+
+
+def _same_numpy_state(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and np.array_equal(a[1], b[1]) and tuple(a[2:]) == tuple(b[2:])
+
+
+def _compile(graph: Callable[..., Any]) -> Callable[..., Any]:
+    # fallback_random: draw from torch's generator, as the eager step does
+    return torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True, options={"fallback_random": True})

@@ -1,0 +1,245 @@
+"""The captured training step (``pvae.fit(compile=...)``): the same numbers as the
+eager step, guards against stale graphs, and the eager fallback with its reason."""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import constraints
+
+import pvae
+from pvae.infer import ElboObjective, IWAEObjective, load_checkpoint
+from pvae.infer.capture import CapturedStep, CaptureWarning, TrainStep
+from pvae.models import ModelGuidePair, get_model
+
+
+@lru_cache(maxsize=1)
+def _digits() -> torch.Tensor:
+    return pvae.data.load_digits(binarize=True).x
+
+
+def _vae() -> pvae.VAE:
+    pyro.set_rng_seed(0)
+    return pvae.VAE(64, 4, hidden_dims=(32,))
+
+
+class GlobalLatentPair(torch.nn.Module):
+    """A hand-written pair with a global latent and nested plates: per group a mean
+    ``mu`` (global to the data of the group), per datum a latent ``z``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+        self.log_s = torch.nn.Parameter(torch.zeros(2))
+
+    def model(self, x):  # x: (n, 2) = two groups of n data
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("groups", 2, dim=-1):
+            with pyro.plate("data", x.shape[0], dim=-2):
+                z = pyro.sample("z", dist.Normal(mu, 1.0))
+                pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(self, x):
+        pyro.sample("mu", dist.Normal(self.w, self.log_s.exp()).to_event(1))
+        with pyro.plate("groups", 2, dim=-1):
+            with pyro.plate("data", x.shape[0], dim=-2):
+                pyro.sample("z", dist.Normal(0.8 * x, 0.5))
+
+
+def _steps(cls, program, objective, batches, weights, **kw):
+    """Run ``cls`` steps with a plain Adam; losses and the last gradients."""
+    params = list(program.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    step = cls(program, objective, params, **kw)
+    losses = []
+    with pyro.validation_enabled(False):
+        for batch, w in zip(batches, weights):
+            losses.append(step(batch, w).loss)
+            grads = [p.grad.clone() if p.grad is not None else None for p in params]
+            opt.step()
+    return step, torch.stack(losses), grads
+
+
+@pytest.mark.parametrize(
+    "make, objective",
+    [
+        (_vae, ElboObjective()),
+        (_vae, ElboObjective(estimator="stl")),
+        (_vae, IWAEObjective(5)),
+        (_vae, IWAEObjective(5, estimator="dreg")),
+        (lambda: GlobalLatentPair(), ElboObjective()),
+    ],
+    ids=["vae-elbo", "vae-stl", "vae-iwae", "vae-dreg", "global-latent-nested-plates"],
+)
+def test_captured_losses_and_gradients_equal_the_eager_ones(make, objective):
+    if isinstance(make(), GlobalLatentPair):
+        batches = [(torch.randn(16, 2),) for _ in range(6)]
+    else:
+        batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(6)]
+    weights = [0.1, 0.5, 1.0, 1.0, 0.7, 1.0]
+    runs = []
+    for cls in (TrainStep, CapturedStep):
+        pyro.set_rng_seed(4)
+        program = make()
+        runs.append(_steps(cls, program, objective, batches, weights))
+    captured = runs[1][0]
+    assert captured.fallback is None and captured.captures == 1
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=0)  # losses, to the bit
+    for g_captured, g_eager in zip(runs[1][2], runs[0][2]):
+        torch.testing.assert_close(g_captured, g_eager, rtol=0, atol=0)
+
+
+def test_fit_with_compile_is_the_eager_run_to_the_bit():
+    runs = []
+    for compile in (False, True):
+        vae = _vae()
+        runs.append(pvae.fit(vae, _digits()[:300], num_epochs=3, batch_size=64, kl_warmup=2, seed=1,
+                             compile=compile, progress=False, diagnostics_every=None))
+    losses = [[h["loss"] for h in r.history] for r in runs]
+    assert losses[0] == losses[1]
+
+
+def test_kl_warmup_changes_the_weight_without_a_new_capture():
+    vae = _vae()
+    params = list(vae.parameters())
+    step = CapturedStep(vae, ElboObjective(), params, check_every=2)
+    x = _digits()[:32]
+    with pyro.validation_enabled(False):
+        for w in (0.0, 0.25, 0.5, 0.75, 1.0, 1.0):  # checks at steps 1, 2, 4, 6 agree with eager
+            step((x,), w)
+    assert step.captures == 1 and step.fallback is None
+
+
+class Growing(torch.nn.Module):
+    """A program whose structure changes: after ``grow()`` the model has a second
+    latent site (Python state the graph cannot see)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(()))
+        self.extra = False
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            if self.extra:
+                z = z + pyro.sample("u", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.loc + 0.5 * x, 0.8))
+            if self.extra:
+                pyro.sample("u", dist.Normal(self.loc, 1.0))
+
+
+def test_a_structure_change_triggers_a_new_capture():
+    program = Growing()
+    params = list(program.parameters())
+    step = CapturedStep(program, ElboObjective(), params, check_every=3)
+    x = torch.randn(20)
+    eager_losses, losses = [], []
+    with pyro.validation_enabled(False):
+        for i in range(9):
+            if i == 4:
+                program.extra = True  # a site appears
+            state = torch.get_rng_state()
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                eager_losses.append(TrainStep(program, ElboObjective(), params)((x,), 1.0).loss)
+            losses.append(step((x,), 1.0).loss)
+    assert step.captures == 2 and step.fallback is None
+    # steps 5 (the check at step 6 of the first graph is where the change is seen; steps
+    # 5 and 6 ran before it) ... after the new capture every loss is the eager one again
+    torch.testing.assert_close(torch.stack(losses[6:]), torch.stack(eager_losses[6:]))
+
+
+def _data_dependent_model(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        if x.sum() > 0:  # Python control flow on the data
+            z = z * 2
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _item_model(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0 + 0.0 * loc.item()), obs=x)
+
+
+def _python_random_model(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(loc + random.random(), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _guide(x):
+    scale = pyro.param("q_scale", torch.tensor(1.0), constraint=constraints.positive)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(0.5 * x, scale))
+
+
+@pytest.mark.parametrize(
+    "model, reason, site",
+    [
+        (_data_dependent_model, "reads a tensor's value in Python", "z"),
+        (_item_model, "reads a tensor's value in Python", "z"),
+        (_python_random_model, "Python-side random numbers", None),
+    ],
+    ids=["if-on-data", "item", "python-random"],
+)
+def test_an_uncapturable_program_falls_back_with_one_warning_and_trains(model, reason, site):
+    x = torch.randn(200) + 1.0
+    runs = []
+    for compile in (False, True):
+        pyro.clear_param_store()
+        if compile:
+            with pytest.warns(CaptureWarning, match=reason) as caught:
+                result = pvae.fit(ModelGuidePair(model, _guide), x, num_epochs=3, batch_size=50, seed=0,
+                                  compile=True, progress=False, diagnostics_every=None)
+            assert len(caught) == 1
+            assert site is None or f"sample site {site!r}" in str(caught[0].message)
+        else:
+            result = pvae.fit(ModelGuidePair(model, _guide), x, num_epochs=3, batch_size=50, seed=0,
+                              progress=False, diagnostics_every=None)
+        runs.append([h["loss"] for h in result.history])
+    assert runs[0] == runs[1]  # the fallback is the eager run
+
+
+def test_programs_with_a_per_step_hook_or_enumeration_fall_back():
+    relaxed = get_model("relaxed_vae", input_dim=64, num_categories=4, hidden_dims=(16,))
+    with pytest.warns(CaptureWarning, match="on_train_step"):
+        pvae.fit(relaxed, _digits()[:64], num_epochs=1, compile=True, progress=False, diagnostics_every=None)
+    ssvae = get_model("ssvae", input_dim=64, num_classes=10, latent_dim=2, hidden_dims=(16,))
+    y = torch.full((64,), -1, dtype=torch.long)
+    with pytest.warns(CaptureWarning, match="enumerates"):
+        pvae.fit(ssvae, (_digits()[:64], y), num_epochs=1, objective="enum_elbo", compile=True, progress=False,
+                 diagnostics_every=None)
+
+
+def test_resume_under_compile_continues_the_run_exactly(tmp_path):
+    kw = dict(batch_size=64, seed=1, compile=True, progress=False, diagnostics_every=None)
+    x = _digits()[:256]
+    straight = _vae()
+    res_a = pvae.fit(straight, x, num_epochs=4, checkpoint_dir=tmp_path / "a", **kw)
+    pvae.fit(_vae(), x, num_epochs=2, checkpoint_dir=tmp_path / "b", **kw)
+    assert load_checkpoint(tmp_path / "b")["epoch"] == 1
+    resumed = pvae.VAE(64, 4, hidden_dims=(32,))
+    res_b = pvae.fit(resumed, x, num_epochs=4, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert [h["loss"] for h in res_b.history] == [h["loss"] for h in res_a.history]
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_compile_values_are_refused():
+    with pytest.raises(ValueError, match="compile must be one of"):
+        pvae.fit(_vae(), _digits()[:64], num_epochs=1, compile="fast", progress=False)
