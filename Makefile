@@ -8,8 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 DEMO_OUT ?= reports/demo
+DOCS_JOBS ?= auto
 
-.PHONY: demo test test-slow bench-speed clean
+.PHONY: demo test test-slow bench-speed docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +30,11 @@ test-slow: $(VENV)/.installed
 bench-speed: $(VENV)/.installed
 	$(PY) benchmarks/train_speed.py --data-dir ../shared/data/mnist
 
+# API reference + tutorials (run in smoke mode, with their figures) -> docs/_build/html;
+# the test suite builds a fast variant (PVAE_DOCS_FAST=1: tutorials not run), see tests/test_docs.py
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -j $(DOCS_JOBS) -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) reports .pytest_cache
+	rm -rf $(VENV) reports .pytest_cache docs/_build docs/tutorials

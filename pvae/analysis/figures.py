@@ -152,7 +152,7 @@ def draw_image_grid(ax: Any, images: Any, rows: int, cols: int, image_shape: Seq
 def plot_training_curves(history: Any, path: PathLike) -> Path:
     """Plot the ELBO, reconstruction and KL terms per epoch, train and validation.
 
-    :param history: :attr:`pvae.FitResult.history` (a sequence of dicts with
+    :param history: ``FitResult.history`` (:class:`pvae.FitResult`; a sequence of dicts with
         ``epoch``, ``elbo``, ``reconstruction``, ``kl`` and optionally
         ``val_elbo``, ``val_reconstruction``, ``val_kl``), or a ``FitResult``.
     :param path: where to write the PNG.

@@ -78,7 +78,7 @@ class FourierModes:
     wavenumbers: torch.Tensor
 
     def longest(self, num_modes: int) -> torch.Tensor:
-        """The first ``num_modes`` columns of :attr:`basis`: ``(size, num_modes)``."""
+        """The first ``num_modes`` columns of ``basis``: ``(size, num_modes)``."""
         return self.basis[:, :num_modes]
 
 

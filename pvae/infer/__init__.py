@@ -4,6 +4,7 @@ training, the amortisation gap, collapse diagnostics and ArviZ export."""
 from .amortization import GapReport, RefinementResult, amortization_gap, refine
 from .arviz_export import PsisDiagnostics, psis_diagnostics, to_inference_data
 from .bounds import BoundEstimate, EvidenceEstimate, iwae_bound, log_evidence
+from .capture import CapturedStep, CaptureWarning, TrainStep
 from .diagnostics import (
     CollapseReport,
     PosteriorCollapseWarning,
@@ -29,6 +30,8 @@ from .train import CheckpointError, FitResult, TrainingDivergedError, fit, load_
 
 __all__ = [
     "BoundEstimate",
+    "CaptureWarning",
+    "CapturedStep",
     "CheckpointError",
     "CollapseReport",
     "ElboObjective",
@@ -44,6 +47,7 @@ __all__ = [
     "RefinementResult",
     "SiteLogProbs",
     "StepTerms",
+    "TrainStep",
     "TrainingDivergedError",
     "active_units",
     "amortization_gap",

@@ -371,15 +371,15 @@ def fit(
         :class:`~pvae.infer.PosteriorCollapseWarning` if no unit is active at the
         end. None: never. Default 10.
     :param compile: capture the training step (objective and backward pass) once
-        and replay it (:class:`~pvae.infer.capture.CapturedStep`): ``True`` or
+        and replay it (:class:`~pvae.infer.CapturedStep`): ``True`` or
         ``"graph"`` replays make_fx's graph (the same numbers as eager, to the
         bit, under the same seed), ``"inductor"`` compiles it with
         ``torch.compile`` (float-close to eager; the first compile takes tens of
         seconds), ``"auto"`` captures runs of at least
-        :data:`AUTO_COMPILE_MIN_STEPS` steps. The graph is checked against an
+        ``AUTO_COMPILE_MIN_STEPS`` (2000) steps. The graph is checked against an
         eager step at the first step and every 100 after, and re-captured if the
         program changed; a program that cannot be captured trains eagerly with
-        one :class:`~pvae.infer.capture.CaptureWarning` naming why. Batches of
+        one :class:`~pvae.infer.CaptureWarning` naming why. Batches of
         another shape (the last partial one) run eagerly. Default False.
     :returns: a :class:`FitResult`.
     :raises TrainingDivergedError: on a diverging loss, naming the epoch and

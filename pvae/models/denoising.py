@@ -74,7 +74,7 @@ class DenoisingVAE(VAE):
     Same program signature as :class:`~pvae.models.VAE`: ``model(x,
     mask=None)``, ``guide(x, mask=None)``; the model is unchanged, the guide
     draws :math:`\\tilde x \\sim C(\\tilde x \\mid x)` and samples
-    :math:`z \\sim q_\\phi(z \\mid \\tilde x)`. :meth:`encode`, :meth:`reconstruct`
+    :math:`z \\sim q_\\phi(z \\mid \\tilde x)`. :meth:`~VAE.encode`, :meth:`~VAE.reconstruct`
     and :meth:`denoise` do not corrupt: they read the input they are given, so
     ``denoise(x_noisy)`` is the decoder's point estimate of the clean data.
 
@@ -125,7 +125,7 @@ class DenoisingVAE(VAE):
     def denoise(self, x_noisy: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Point estimate of the clean data behind ``x_noisy``: decode the encoder mean.
 
-        The same computation as :meth:`reconstruct` (which never corrupts),
+        The same computation as :meth:`~VAE.reconstruct` (which never corrupts),
         named for its use.
         """
         return self.reconstruct(x_noisy, mask)

@@ -293,7 +293,7 @@ class RelaxedCategoricalVAE(_UnconditionalProgram):
         return max(self.min_temperature, self.initial_temperature * math.exp(-self.anneal_rate * float(epoch)))
 
     def on_train_step(self, epoch: float) -> None:
-        """Set :attr:`temperature` from the schedule; :func:`pvae.fit` calls this before every step."""
+        """Set ``temperature`` from the schedule; :func:`pvae.fit` calls this before every step."""
         self.temperature = self.temperature_at(epoch)
 
     # -- distributions -----------------------------------------------------------
