@@ -4,7 +4,9 @@ training, the amortisation gap, collapse diagnostics and ArviZ export."""
 from .amortization import GapReport, RefinementResult, amortization_gap, refine
 from .arviz_export import PsisDiagnostics, psis_diagnostics, to_inference_data
 from .bounds import BoundEstimate, EvidenceEstimate, iwae_bound, log_evidence
+from .callbacks import LearningRateSchedule
 from .capture import CapturedStep, CaptureWarning, TrainStep
+from .engine import Callback, TrainState
 from .diagnostics import (
     CollapseReport,
     PosteriorCollapseWarning,
@@ -30,6 +32,7 @@ from .train import CheckpointError, FitResult, TrainingDivergedError, fit, load_
 
 __all__ = [
     "BoundEstimate",
+    "Callback",
     "CaptureWarning",
     "CapturedStep",
     "CheckpointError",
@@ -41,12 +44,14 @@ __all__ = [
     "FitResult",
     "GapReport",
     "IWAEObjective",
+    "LearningRateSchedule",
     "Objective",
     "PosteriorCollapseWarning",
     "PsisDiagnostics",
     "RefinementResult",
     "SiteLogProbs",
     "StepTerms",
+    "TrainState",
     "TrainStep",
     "TrainingDivergedError",
     "active_units",

@@ -54,6 +54,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .._stack import user_stacklevel
 from .objectives import EnumElboObjective, Objective, StepTerms
 
 CaptureMode = Literal["graph", "inductor"]
@@ -276,7 +277,7 @@ class CapturedStep(TrainStep):
             f"pvae.fit(compile=...): the training step runs eagerly: {self.fallback}. Nothing is lost "
             "but speed; compile=False silences this.",
             CaptureWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
     # -- replay -------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from typing import Any
 
 import torch
 
+from .._stack import user_stacklevel
 from ..models.base import Program, program_verb
 from .elbo import elbo_terms
 from .traces import SiteLogProbs, site_log_probs
@@ -546,7 +547,7 @@ def collapse_diagnostics(
             "x. Try KL warm-up (fit(..., kl_warmup=...)), a smaller beta, a weaker decoder, or "
             "more latent capacity.",
             PosteriorCollapseWarning,
-            stacklevel=3,  # past program_verb's wrapper, at the caller
+            stacklevel=user_stacklevel(),
         )
     return report
 

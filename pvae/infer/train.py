@@ -10,13 +10,9 @@ index permutation, never through a ``DataLoader``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import sys
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
@@ -28,7 +24,19 @@ from pyro import poutine
 
 from ..inputs import DataTypeError, as_data_args, as_data_tuple, is_array
 from ..models.base import Program, program_verb
+from .callbacks import (
+    ClipGradNorm,
+    CollapseDiagnostics,
+    DivergenceGuard,
+    EpochEnd,
+    KLWarmup,
+    ProgramHook,
+    ProgressBar,
+    RecordEpoch,
+    Validation,
+)
 from .capture import CapturedStep, TrainStep
+from .engine import Callback, TrainState, restore, run, snapshot
 from .objectives import Objective, make_objective
 
 __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
@@ -140,28 +148,6 @@ def _collect_params(program: Program, args: tuple) -> list[torch.Tensor]:
     return list(seen.values())
 
 
-def _snapshot(program: Program, params: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """A copy of every trained tensor: the module's state (parameters and
-    buffers) plus the ``pyro.param`` tensors that are not the module's."""
-    state: dict[str, Any] = {}
-    own: set[int] = set()
-    if isinstance(program, torch.nn.Module):
-        state["module"] = {k: v.detach().clone() for k, v in program.state_dict().items()}
-        own = {id(p) for p in program.parameters()}
-    state["params"] = [p.detach().clone() for p in params if id(p) not in own]
-    return state
-
-
-def _restore(program: Program, params: Sequence[torch.Tensor], state: dict[str, Any]) -> None:
-    own: set[int] = set()
-    with torch.no_grad():
-        if "module" in state and isinstance(program, torch.nn.Module):
-            program.load_state_dict(state["module"])
-            own = {id(p) for p in program.parameters()}
-        for p, saved in zip([p for p in params if id(p) not in own], state["params"]):
-            p.copy_(saved)
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -218,13 +204,65 @@ def _check_compatible(ckpt: dict, program: Program, params: Sequence[torch.Tenso
         out.update({k: tuple(v.shape) for k, v in state.get("module", {}).items()})
         return out
 
-    saved, current = shapes(ckpt["state"]), shapes(_snapshot(program, params))
+    saved, current = shapes(ckpt["state"]), shapes(snapshot(program, params))
     if ckpt.get("program") != type(program).__name__ or saved != current:
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise CheckpointError(
             f"{path} was written for a {ckpt.get('program')} that differs from this "
             f"{type(program).__name__} (e.g. at {diff[:3]}: saved {[saved.get(k) for k in diff[:3]]}, "
             f"now {[current.get(k) for k in diff[:3]]}). Try another checkpoint_dir, or resume=False."
+        )
+
+
+class Checkpoint(Callback):
+    """Writes ``checkpoint.pt`` atomically after every epoch (parameters, optimiser,
+    history, early-stopping state, divergence reference, RNG state); with
+    ``resume``, continues the run from it (this call's learning rate and weight
+    decay win over the saved ones).
+
+    :param pathlib.Path path: the checkpoint file.
+    :param bool resume: continue from ``path`` if it exists.
+    :param float learning_rate: this call's learning rate.
+    :param float weight_decay: this call's weight decay.
+    """
+
+    def __init__(self, path: Path, resume: bool, learning_rate: float, weight_decay: float) -> None:
+        self.path, self.resume = path, resume
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.resume and self.path.exists()):
+            return
+        ckpt = load_checkpoint(self.path)
+        _check_compatible(ckpt, state.program, state.params, self.path)
+        restore(state.program, state.params, ckpt["state"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in state.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = self.learning_rate, self.weight_decay
+        state.best_state, state.reference = ckpt["best_state"], ckpt.get("reference")
+        state.history = [dict(h) for h in ckpt["history"]]
+        state.epoch = int(ckpt["epoch"]) + 1
+        state.best_epoch, state.best_val, state.bad_epochs = ckpt["best_epoch"], ckpt["best_val"], ckpt["bad_epochs"]
+        _set_rng_state(ckpt["rng"])
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "program": type(state.program).__name__,
+                "epoch": state.epoch,
+                "state": state.good_state,
+                "optimizer": state.optimizer.state_dict(),
+                "history": state.history,
+                "best_epoch": state.best_epoch,
+                "best_val": state.best_val,
+                "bad_epochs": state.bad_epochs,
+                "best_state": state.best_state,
+                "reference": state.reference,
+                "rng": _rng_state(),
+            },
+            self.path,
         )
 
 
@@ -238,16 +276,6 @@ def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Ca
     if kl_warmup < 0:
         raise ValueError(f"kl_warmup must be >= 0 epochs or a callable, got {kl_warmup!r}.")
     return lambda epoch: min(1.0, epoch / float(kl_warmup))
-
-
-def _progress(enabled: bool | None, total: int | None, desc: str):
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.5)
 
 
 # -- the step ------------------------------------------------------------------
@@ -309,6 +337,7 @@ def fit(
     divergence_factor: float | None = 1e3,
     diagnostics_every: int | None = 10,
     compile: bool | Literal["graph", "inductor", "auto"] = False,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Fit a program's parameters by stochastic variational inference.
 
@@ -370,6 +399,9 @@ def fit(
         training rows without validation data; tensor data only), and warn with
         :class:`~pvae.infer.PosteriorCollapseWarning` if no unit is active at the
         end. None: never. Default 10.
+    :param callbacks: :class:`~pvae.infer.Callback` objects of your own, run
+        after fit's (the engine's seven hooks; e.g.
+        :class:`~pvae.infer.LearningRateSchedule`).
     :param compile: capture the training step (objective and backward pass) once
         and replay it (:class:`~pvae.infer.CapturedStep`): ``True`` or
         ``"graph"`` replays make_fx's graph (the same numbers as eager, to the
@@ -421,170 +453,38 @@ def fit(
     optimizer = _adam(params, learning_rate, weight_decay)
     train_step = _train_step(compile, program, objective, params, tensors, loader, batch_size, num_epochs)
 
-    history: list[dict[str, float]] = []
-    start_epoch, best_epoch, best_val, bad_epochs = 0, -1, -math.inf, 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    best_state = None
-    reference: float | None = None  # |first loss| + 1, the scale divergence is judged against
-    if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            _check_compatible(ckpt, program, params, ckpt_path)
-            _restore(program, params, ckpt["state"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            for group in optimizer.param_groups:  # this call's settings win over the saved ones
-                group["lr"], group["weight_decay"] = learning_rate, weight_decay
-            best_state = ckpt["best_state"]
-            reference = ckpt.get("reference")
-            history = [dict(h) for h in ckpt["history"]]
-            start_epoch = int(ckpt["epoch"]) + 1
-            best_epoch, best_val, bad_epochs = ckpt["best_epoch"], ckpt["best_val"], ckpt["bad_epochs"]
-            _set_rng_state(ckpt["rng"])
-    good_state = _snapshot(program, params)
-
+    state = TrainState(program, objective, params, optimizer, train_step, int(num_epochs),
+                       _num_steps(tensors, loader, batch_size))
+    def evaluate() -> dict[str, float]:
+        return _evaluate(program, objective, val_tensors, val_loader, max(batch_size, 1024), device)
     diag_source = val_tensors if val_tensors is not None else tensors
-    diag_args = None if diag_source is None or not diagnostics_every else tuple(t[:256] for t in diag_source)
-    steps = _num_steps(tensors, loader, batch_size)
-    bar = _progress(progress, None if steps is None else steps * (num_epochs - start_epoch), "pvae.fit")
-    stopped_early = False
-    is_module = isinstance(program, torch.nn.Module)
+    validation = Validation(evaluate if validation_data is not None else None, patience, restore_best)
+    bar = ProgressBar(progress)
     step_hook = getattr(program, "on_train_step", None)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(pyro.validation_enabled(False))  # checked once above
-        if bar is not None:
-            stack.callback(bar.close)
-        for epoch in range(start_epoch, num_epochs):
-            if is_module:
-                program.train()
-            tick = time.perf_counter()
-            sums: list[tuple[torch.Tensor, ...]] = []  # per step, reduced once per epoch
-            n_seen = 0
-            kl_weight = schedule(float(epoch))
-            for step, batch in enumerate(_batches(program, tensors, loader, batch_size, True, device)):
-                if steps is not None:
-                    kl_weight = schedule(epoch + step / steps)
-                if step_hook is not None:
-                    step_hook(epoch + step / steps if steps else float(epoch))
-                terms = train_step(batch, kl_weight)  # gradients now in .grad
-                b = batch[0].shape[0]
-                value = terms.loss.item() / b
-                if reference is None:
-                    reference = abs(value) + 1.0
-                if not math.isfinite(value) or (divergence_factor is not None and value > divergence_factor * reference):
-                    _restore(program, params, good_state)
-                    result = FitResult(program, tuple(history), best_epoch, False, _str(ckpt_path))
-                    raise TrainingDivergedError(
-                        _divergence_message(value, reference, divergence_factor, epoch, step, learning_rate, ckpt_path),
-                        result,
-                    )
-                if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                optimizer.step()
-                sums.append((terms.loss, terms.reconstruction, terms.kl)
-                            + (() if terms.bound is None else (terms.bound,)))
-                n_seen += b
-                if bar is not None:
-                    bar.update(1)
-                    if step % 20 == 0:
-                        bar.set_postfix(epoch=epoch, elbo=f"{terms.elbo.item() / b:.2f}", refresh=False)
-            loss_m, rec_m, kl_m, *bound_m = (torch.stack([torch.stack(c) for c in zip(*sums)]).sum(-1) / n_seen).tolist()
-            row = {
-                "epoch": epoch,
-                "loss": loss_m,
-                "elbo": rec_m - kl_m,
-                "reconstruction": rec_m,
-                "kl": kl_m,
-                "kl_weight": float(kl_weight),
-                **({"bound": bound_m[0]} if bound_m else {}),
-            }
-            improved = True
-            if val_tensors is not None or val_loader is not None:
-                if is_module:
-                    program.eval()
-                val = _evaluate(program, objective, val_tensors, val_loader, max(batch_size, 1024), device)
-                row.update({f"val_{k}": v for k, v in val.items()})
-                improved = val["elbo"] > best_val
-                if improved:
-                    best_val = val["elbo"]
-            if improved:
-                best_epoch, bad_epochs = epoch, 0
-                if patience is not None:
-                    best_state = _snapshot(program, params)
-            else:
-                bad_epochs += 1
-            if diag_args is not None and ((epoch + 1) % diagnostics_every == 0 or epoch == num_epochs - 1):
-                diag_args = _add_diagnostics(row, program, diag_args)
-            good_state = _snapshot(program, params)
-            row["seconds"] = time.perf_counter() - tick  # steps, validation and bookkeeping
-            history.append(row)
-            if ckpt_path is not None:
-                _atomic_save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "program": type(program).__name__,
-                        "epoch": epoch,
-                        "state": good_state,
-                        "optimizer": optimizer.state_dict(),
-                        "history": history,
-                        "best_epoch": best_epoch,
-                        "best_val": best_val,
-                        "bad_epochs": bad_epochs,
-                        "best_state": best_state,
-                        "reference": reference,
-                        "rng": _rng_state(),
-                    },
-                    ckpt_path,
-                )
-            if callback is not None:
-                callback(row)
-            if patience is not None and bad_epochs >= patience:
-                stopped_early = True
-                break
-    if history and history[-1].get("active_units") == 0:
-        from .diagnostics import PosteriorCollapseWarning
 
-        warnings.warn(
-            f"the posterior collapsed: no latent unit is active after epoch {history[-1]['epoch']} "
-            f"(KL {history[-1]['kl']:.3g} nats per datum). Try kl_warmup=..., a smaller beta, or a "
-            "weaker decoder.",
-            PosteriorCollapseWarning,
-            stacklevel=3,  # past program_verb's wrapper, at the caller
-        )
-    if stopped_early and restore_best and best_state is not None:
-        _restore(program, params, best_state)
-    if is_module:
-        program.eval()
-    return FitResult(program, tuple(history), best_epoch, stopped_early, _str(ckpt_path))
+    def diverged(message: str, state: TrainState) -> TrainingDivergedError:
+        return TrainingDivergedError(message, FitResult(program, tuple(state.history), state.best_epoch, False,
+                                                        _str(ckpt_path)))
 
-
-def _add_diagnostics(row: dict[str, float], program: Program, args: tuple) -> tuple | None:
-    """Add active units and mutual information to ``row``; None turns them off
-    for the rest of the run if the program does not support them."""
-    from .diagnostics import collapse_summary
-
+    steps_first = [KLWarmup(schedule)] + ([ProgramHook(step_hook)] if callable(step_hook) else [])
+    guards = [DivergenceGuard(divergence_factor, diverged, learning_rate, ckpt_path)]
+    guards += [ClipGradNorm(clip_norm)] if clip_norm is not None else []
+    epoch_end = [validation]
+    if diag_source is not None and diagnostics_every:
+        epoch_end.append(CollapseDiagnostics(tuple(t[:256] for t in diag_source), int(diagnostics_every)))
+    epoch_end.append(RecordEpoch())
+    if ckpt_path is not None:
+        epoch_end.append(Checkpoint(ckpt_path, resume, learning_rate, weight_decay))
+    if callback is not None:
+        epoch_end.append(EpochEnd(callback))
     try:
-        # a report must not perturb training: its draws leave the RNG as it was
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            summary = collapse_summary(program, *args)
-    except (ValueError, NotImplementedError, TypeError) as err:
-        warnings.warn(f"collapse diagnostics are off for this program: {err}", stacklevel=4)  # _add_diagnostics < fit < program_verb < caller
-        return None
-    row["active_units"] = summary["active_units"]
-    row["mutual_information"] = summary["mutual_information"]
-    return args
-
-
-def _divergence_message(value: float, reference: float, factor: float | None, epoch: int, step: int,
-                        learning_rate: float, ckpt_path: Path | None) -> str:
-    why = "became" if not math.isfinite(value) else f"exceeded {factor:g}x its first value ({reference - 1:.4g}):"
-    where = "their values before training" if epoch == 0 else f"the end of epoch {epoch - 1}"
-    kept = f"; the last good checkpoint {ckpt_path} is intact" if ckpt_path is not None and ckpt_path.exists() else ""
-    return (
-        f"training diverged: the loss per datum {why} {value:.4g} at epoch {epoch} step {step} "
-        f"(learning_rate={learning_rate:g}). The parameters were restored to {where}{kept}. "
-        "Try a smaller learning_rate, clip_norm=..., or check the data for extreme values."
-    )
+        with pyro.validation_enabled(False):  # checked once above
+            run(state, lambda: _batches(program, tensors, loader, batch_size, True, device),
+                [*steps_first, *guards, bar, *epoch_end, *callbacks])
+    finally:
+        bar.close()
+    return FitResult(program, tuple(state.history), state.best_epoch, validation.stopped_early, _str(ckpt_path))
 
 
 def _str(path: Path | None) -> str | None:

@@ -1,0 +1,193 @@
+"""The training engine: one small loop, its state in one dataclass, everything
+else a callback.
+
+:func:`run` passes over minibatches: a step (:class:`~pvae.infer.capture.TrainStep`,
+eager or captured) leaves gradients in ``.grad``, the optimiser updates, and
+once per epoch the step totals become a history row. What a training run
+does beyond that (the progress bar, validation and early stopping, checkpoints
+and resume, the divergence guard, collapse diagnostics, learning-rate and KL
+schedules, a user's own hooks) is a :class:`Callback` with seven hooks, called
+in list order:
+
+==================  ==================================================================
+hook                when
+==================  ==================================================================
+``on_fit_start``    once, before the first epoch (resume restores state here)
+``on_epoch_start``  before an epoch's first step
+``on_step_start``   before each step, with the batch (set ``state.kl_weight`` here)
+``on_gradients``    after the backward pass, before the update (may raise or clip)
+``on_step_end``     after the update, with the step's terms
+``on_epoch_end``    after the epoch's row is computed (``state.row``); set
+                    ``state.stop`` to end the run after this epoch
+``on_fit_end``      once, after the last epoch (also after an early stop)
+==================  ==================================================================
+
+PyTorch Lightning and Ignite keep their trainers short the same way (events and
+handlers); this engine has seven events and no other machinery.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .capture import TrainStep
+from .objectives import Objective, StepTerms
+
+__all__ = ["Callback", "TrainState", "run", "snapshot", "restore"]
+
+
+@dataclass
+class TrainState:
+    """Everything a training run carries from step to step.
+
+    :ivar program: the program being trained.
+    :ivar objective: its objective.
+    :ivar list params: the trained tensors.
+    :ivar optimizer: the optimiser.
+    :ivar step_fn: the step (:class:`~pvae.infer.TrainStep`, eager or captured).
+    :ivar int num_epochs: the epoch to stop before.
+    :ivar int steps_per_epoch: steps of a full epoch, if known.
+    :ivar int epoch: the current epoch (the first one to run, before the loop).
+    :ivar int step: the step within the epoch.
+    :ivar float kl_weight: the KL weight of the next step (callbacks set it).
+    :ivar list history: one row per finished epoch.
+    :ivar dict row: the current epoch's row, built in ``on_epoch_end``.
+    :ivar bool stop: end the run after this epoch.
+    :ivar float epoch_started: ``time.perf_counter()`` at the epoch's start.
+    :ivar dict good_state: the parameters at the end of the last finished epoch.
+    :ivar int best_epoch: the epoch with the best validation score so far (-1: none).
+    :ivar float best_val: that score.
+    :ivar int bad_epochs: epochs since it improved.
+    :ivar dict best_state: the parameters at ``best_epoch``, if kept.
+    :ivar float reference: ``|first loss per datum| + 1``, the divergence guard's scale.
+    """
+
+    program: Any
+    objective: Objective
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    step_fn: TrainStep
+    num_epochs: int
+    steps_per_epoch: int | None = None
+    epoch: int = 0
+    step: int = 0
+    kl_weight: float = 1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    row: dict[str, float] = field(default_factory=dict)
+    stop: bool = False
+    epoch_started: float = 0.0
+    good_state: dict[str, Any] | None = None
+    best_epoch: int = -1
+    best_val: float = -math.inf
+    bad_epochs: int = 0
+    best_state: dict[str, Any] | None = None
+    reference: float | None = None
+
+    @property
+    def progress(self) -> float:
+        """The fractional epoch of the next step."""
+        return self.epoch + (self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0)
+
+
+class Callback:
+    """A hook into the training engine (``pvae.infer.engine.run``); override the methods you need (all do nothing)."""
+
+    def on_fit_start(self, state: TrainState) -> None:
+        """Once, before the first epoch."""
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        """Before an epoch's first step."""
+
+    def on_step_start(self, state: TrainState, batch: tuple[torch.Tensor, ...]) -> None:
+        """Before each step."""
+
+    def on_gradients(self, state: TrainState, terms: StepTerms, batch_size: int) -> None:
+        """After the backward pass, before the optimiser's update."""
+
+    def on_step_end(self, state: TrainState, terms: StepTerms, batch_size: int) -> None:
+        """After the optimiser's update."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After the epoch's row (``state.row``) is computed."""
+
+    def on_fit_end(self, state: TrainState) -> None:
+        """Once, after the last epoch."""
+
+
+def snapshot(program: Any, params: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """A copy of every trained tensor: the module's state (parameters and
+    buffers) plus the ``pyro.param`` tensors that are not the module's."""
+    state: dict[str, Any] = {}
+    own: set[int] = set()
+    if isinstance(program, torch.nn.Module):
+        state["module"] = {k: v.detach().clone() for k, v in program.state_dict().items()}
+        own = {id(p) for p in program.parameters()}
+    state["params"] = [p.detach().clone() for p in params if id(p) not in own]
+    return state
+
+
+def restore(program: Any, params: Sequence[torch.Tensor], state: dict[str, Any]) -> None:
+    """Write a :func:`snapshot` back into the program and parameters."""
+    own: set[int] = set()
+    with torch.no_grad():
+        if "module" in state and isinstance(program, torch.nn.Module):
+            program.load_state_dict(state["module"])
+            own = {id(p) for p in program.parameters()}
+        for p, saved in zip([p for p in params if id(p) not in own], state["params"]):
+            p.copy_(saved)
+
+
+def run(state: TrainState, batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]],
+        callbacks: Sequence[Callback]) -> TrainState:
+    """Train from ``state.epoch`` to ``state.num_epochs`` (or until a callback stops it).
+
+    :param state: the run's state (callbacks may change it, e.g. on resume).
+    :param batches: returns an epoch's iterable of batches (tuples of tensors).
+    :param callbacks: the hooks, called in order.
+    :returns: ``state``, after ``on_fit_end``.
+    """
+    is_module = isinstance(state.program, torch.nn.Module)
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    state.good_state = snapshot(state.program, state.params)
+    for epoch in range(state.epoch, state.num_epochs):
+        state.epoch, state.step, state.row = epoch, 0, {}
+        if is_module:
+            state.program.train()
+        state.epoch_started = time.perf_counter()
+        for cb in callbacks:
+            cb.on_epoch_start(state)
+        sums: list[tuple[torch.Tensor, ...]] = []  # per step, reduced once per epoch
+        n_seen = 0
+        for step, batch in enumerate(batches()):
+            state.step = step
+            for cb in callbacks:
+                cb.on_step_start(state, batch)
+            terms = state.step_fn(batch, state.kl_weight)
+            b = batch[0].shape[0]
+            for cb in callbacks:
+                cb.on_gradients(state, terms, b)
+            state.optimizer.step()
+            for cb in callbacks:
+                cb.on_step_end(state, terms, b)
+            sums.append((terms.loss, terms.reconstruction, terms.kl) + (() if terms.bound is None else (terms.bound,)))
+            n_seen += b
+        loss, rec, kl, *bound = (torch.stack([torch.stack(c) for c in zip(*sums)]).sum(-1) / n_seen).tolist()
+        state.row = {"epoch": epoch, "loss": loss, "elbo": rec - kl, "reconstruction": rec, "kl": kl,
+                     "kl_weight": float(state.kl_weight), **({"bound": bound[0]} if bound else {})}
+        state.good_state = snapshot(state.program, state.params)
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+        if state.stop:
+            break
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    if is_module:
+        state.program.eval()
+    return state
+
