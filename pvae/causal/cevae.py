@@ -118,7 +118,6 @@ import copy
 import logging
 import math
 import os
-import time
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -132,6 +131,9 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from ..inputs import DataError, as_data
+from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
+from ..infer.capture import TrainStep
+from ..infer.engine import Callback, TrainState, minibatches, run
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
@@ -257,6 +259,71 @@ def _twin(t: torch.Tensor, inp: torch.Tensor, net1: nn.Module, net0: nn.Module) 
     o1, o0 = net1(inp), net0(inp)
     pick = lambda a1, a0: torch.where(t.unsqueeze(-1), a1, a0)
     return tuple(map(pick, o1, o0)) if isinstance(o1, tuple) else pick(o1, o0)
+
+
+class _StepLosses(Callback):
+    """Keeps the loss per datum of every step (Pyro's return value of ``fit``), logs
+    every ``log_every`` steps, and writes the epoch's mean loss into its row."""
+
+    def __init__(self, num_data: int, log_every: int) -> None:
+        self.num_data, self.log_every = num_data, log_every
+        self.losses: list[float] = []
+        self.epoch_loss = 0.0
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self.epoch_loss = 0.0
+
+    def on_step_end(self, state: TrainState, terms: StepTerms, batch_size: int) -> None:
+        value = (terms.loss / self.num_data).item()
+        if self.log_every and len(self.losses) % self.log_every == 0:
+            logger.debug("step %5d loss = %.6g", len(self.losses), value)
+        self.losses.append(value)
+        self.epoch_loss += value * batch_size / self.num_data
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        state.row["loss"] = self.epoch_loss
+
+
+class _CEVAEValidation(Callback):
+    """Every ``every`` epochs (and after the last) scores the validation units
+    (:meth:`CEVAE._validation_score`), keeps the best check's parameters and, for
+    ``"outcome_per_arm"``, each outcome network from its own arm's best check;
+    stops after ``patience`` checks without improvement; ends at the best."""
+
+    def __init__(self, cevae: "CEVAE", valid: tuple | None, criterion: str, every: int, patience: int | None) -> None:
+        self.cevae, self.valid, self.criterion, self.every, self.patience = cevae, valid, criterion, every, patience
+        self.objective = ElboObjective(num_particles=10)
+        self.arm_best = [math.inf, math.inf]  # the lowest validation error of each arm's factual rows
+        self.arm_state: list[dict[str, torch.Tensor] | None] = [None, None]
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.valid is None or not ((state.epoch + 1) % self.every == 0 or state.epoch + 1 == state.num_epochs):
+            return
+        cevae = self.cevae
+        cevae.eval()
+        score = cevae._validation_score(*self.valid, self.criterion, self.objective)
+        if self.criterion == "outcome_per_arm":
+            score, arm_errors = score
+            for arm, err in enumerate(arm_errors):
+                if err < self.arm_best[arm]:
+                    self.arm_best[arm] = err
+                    self.arm_state[arm] = copy.deepcopy(cevae._modules[f"py{arm}"].state_dict())
+        cevae.train()
+        state.row["validation"] = score
+        if score > state.best_val:
+            state.best_val, state.bad_epochs = score, 0
+            state.best_state = copy.deepcopy(cevae.state_dict())
+        else:
+            state.bad_epochs += 1
+        if self.patience is not None and state.bad_epochs >= self.patience:
+            state.stop = True
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if state.best_state is not None:
+            self.cevae.load_state_dict(state.best_state)
+        for arm, saved in enumerate(self.arm_state):  # each outcome network from its own arm's best check
+            if saved is not None:
+                self.cevae._modules[f"py{arm}"].load_state_dict(saved)
 
 
 class CEVAE(PyroModule):
@@ -745,78 +812,36 @@ class CEVAE(PyroModule):
 
     def _train(self, x, t, y, valid, num_epochs, batch_size, lr, lr_decay, weight_decay, log_every, patience,
                criterion) -> list[float]:
+        """Train on pvae's engine (:func:`pvae.infer.engine.run`): the full-data
+        objective's step, Adam with a per-step exponential learning-rate decay, the
+        divergence guard, and CEVAE's own validation (:class:`_CEVAEValidation`)."""
         n = x.shape[0]
         steps_per_epoch = math.ceil(n / batch_size)
         gamma = lr_decay ** (1.0 / (num_epochs * steps_per_epoch))
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
         objective = CEVAEObjective()
-        val_objective = ElboObjective(num_particles=10)
-        losses: list[float] = []
         self.training_history = []
-        best, best_state, bad = -math.inf, None, 0
-        # outcome_per_arm: the lowest validation error of each arm's factual rows, and that arm's network then
-        arm_best: list[float] = [math.inf, math.inf]
-        arm_state: list[dict[str, torch.Tensor] | None] = [None, None]
-        eval_every = max(1, num_epochs // 100)
         self.train()
         with torch.no_grad():  # Pyro's checks (if enabled) once, on the first batch; then off for speed
             objective(self.model, self.guide, (x[:batch_size], t[:batch_size], y[:batch_size]), {"size": n})
+        step = TrainStep(self, objective, params, kwargs={"size": n}, data_size=n)
+        state = TrainState(self, objective, params, optimizer, step, num_epochs, steps_per_epoch,
+                           history=self.training_history)
+        log = _StepLosses(n, log_every)
+        callbacks = [
+            DivergenceGuard(None, lambda message, _: RuntimeError(f"CEVAE {message}"), lr),
+            LearningRateSchedule(lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma)),
+            log,
+            _CEVAEValidation(self, valid, criterion, max(1, num_epochs // 100), patience),
+            RecordEpoch(),
+        ]
         with pyro.validation_enabled(False):
-            for epoch in range(num_epochs):
-                tick = time.perf_counter()
-                order = torch.randperm(n)
-                epoch_loss = 0.0
-                for start in range(0, n, batch_size):
-                    idx = order[start:start + batch_size]
-                    terms = objective(self.model, self.guide, (x[idx], t[idx], y[idx]), {"size": n})
-                    loss = terms.loss / n
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise RuntimeError(
-                            f"CEVAE training diverged: loss {value} at epoch {epoch}. "
-                            "Try a smaller learning_rate or check y for extreme values."
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    if log_every and len(losses) % log_every == 0:
-                        logger.debug("step %5d loss = %.6g", len(losses), value)
-                    losses.append(value)
-                    epoch_loss += value * idx.numel() / n
-                row = {"epoch": epoch, "loss": epoch_loss, "learning_rate": scheduler.get_last_lr()[0]}
-                if valid is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
-                    self.eval()
-                    score = self._validation_score(*valid, criterion, val_objective)
-                    if criterion == "outcome_per_arm":
-                        score, arm_errors = score
-                        for arm, err in enumerate(arm_errors):
-                            if err < arm_best[arm]:
-                                arm_best[arm] = err
-                                arm_state[arm] = copy.deepcopy(self._modules[f"py{arm}"].state_dict())
-                    self.train()
-                    row["validation"] = score
-                    if score > best:
-                        best, bad = score, 0
-                        best_state = copy.deepcopy(self.state_dict())
-                    else:
-                        bad += 1
-                row["seconds"] = time.perf_counter() - tick
-                self.training_history.append(row)
-                if patience is not None and bad >= patience:
-                    break
-        if best_state is not None:
-            self.load_state_dict(best_state)
-        for arm, state in enumerate(arm_state):  # outcome_per_arm: each outcome network from its own arm's best check
-            if state is not None:
-                self._modules[f"py{arm}"].load_state_dict(state)
-        self.eval()
+            run(state, lambda: minibatches((x, t, y), batch_size, shuffle=True), callbacks)
         # held-out residual standard error of the arm means, used by ate_interval
         xs, ts, ys = valid if valid is not None else (x, t, y)
         self.ate_stderr.fill_(self._arm_stderr(xs, ts, ys))
-        return losses
+        return log.losses
 
     @torch.no_grad()
     def _validation_score(self, x, t, y, criterion: str, objective: Objective) -> Any:

@@ -79,17 +79,22 @@ class TrainStep:
     :param program: the program (``model`` and ``guide``).
     :param objective: the training objective.
     :param params: the tensors to differentiate.
+    :param dict kwargs: keyword arguments of the program on every step. Default none.
+    :param int data_size: differentiate the loss over this many data (a
+        full-data objective, e.g. CEVAE's) instead of the batch size. Default None.
     """
 
-    def __init__(self, program: Any, objective: Objective, params: Sequence[torch.Tensor]) -> None:
+    def __init__(self, program: Any, objective: Objective, params: Sequence[torch.Tensor],
+                 kwargs: dict[str, Any] | None = None, data_size: int | None = None) -> None:
         self.program, self.objective, self.params = program, objective, list(params)
+        self.kwargs, self.data_size = dict(kwargs or {}), data_size
 
     def __call__(self, batch: tuple[torch.Tensor, ...], kl_weight: float) -> StepTerms:
         """Run the step on ``batch``; return the detached :class:`StepTerms`."""
-        terms = self.objective(self.program.model, self.program.guide, batch, {}, kl_weight)
+        terms = self.objective(self.program.model, self.program.guide, batch, self.kwargs, kl_weight)
         for p in self.params:
             p.grad = None
-        (terms.loss / batch[0].shape[0]).backward()
+        (terms.loss / (self.data_size or batch[0].shape[0])).backward()
         return StepTerms(terms.loss.detach(), terms.reconstruction, terms.kl, terms.bound)
 
     @property
@@ -138,6 +143,8 @@ class CapturedStep(TrainStep):
     :param int check_every: compare the graph with an eager step at the first
         step and every this many steps after. Default 100.
     :param bool verbose: print the capture (and compile) time once. Default False.
+    :param kwargs: as for :class:`TrainStep`.
+    :param data_size: as for :class:`TrainStep`.
     """
 
     def __init__(
@@ -149,8 +156,10 @@ class CapturedStep(TrainStep):
         mode: CaptureMode = "graph",
         check_every: int = 100,
         verbose: bool = False,
+        kwargs: dict[str, Any] | None = None,
+        data_size: int | None = None,
     ) -> None:
-        super().__init__(program, objective, params)
+        super().__init__(program, objective, params, kwargs, data_size)
         if mode not in CAPTURE_MODES:
             raise ValueError(f"mode must be one of {list(CAPTURE_MODES)}, got {mode!r}.")
         if int(check_every) != check_every or check_every < 1:
@@ -197,11 +206,11 @@ class CapturedStep(TrainStep):
 
     # -- capture ------------------------------------------------------------------------
     def _function(self) -> Callable[..., Any]:
-        objective, program, params = self.objective, self.program, self.params
+        objective, program, params, kwargs, size = self.objective, self.program, self.params, self.kwargs, self.data_size
 
         def step(kl_weight: torch.Tensor, *batch: torch.Tensor):
-            terms = objective(program.model, program.guide, batch, {}, kl_weight)
-            grads = torch.autograd.grad(terms.loss / batch[0].shape[0], params, allow_unused=True)
+            terms = objective(program.model, program.guide, batch, kwargs, kl_weight)
+            grads = torch.autograd.grad(terms.loss / (size or batch[0].shape[0]), params, allow_unused=True)
             values = [terms.loss.detach(), terms.reconstruction, terms.kl]
             if terms.bound is not None:
                 values.append(terms.bound)
@@ -228,7 +237,7 @@ class CapturedStep(TrainStep):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             # fill the objective's per-program caches (the plate-nesting guess runs the
             # program) eagerly, so that none of that work is recorded into the graph
-            self.objective(self.program.model, self.program.guide, batch, {}, 1.0)
+            self.objective(self.program.model, self.program.guide, batch, self.kwargs, 1.0)
         random.setstate(py_state)
         np.random.set_state(np_state)
         tracker = _SiteTracker()

@@ -31,14 +31,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from .capture import TrainStep
 from .objectives import Objective, StepTerms
 
-__all__ = ["Callback", "TrainState", "run", "snapshot", "restore"]
+__all__ = ["Callback", "TrainState", "minibatches", "restore", "run", "snapshot"]
 
 
 @dataclass
@@ -140,6 +140,20 @@ def restore(program: Any, params: Sequence[torch.Tensor], state: dict[str, Any])
             own = {id(p) for p in program.parameters()}
         for p, saved in zip([p for p in params if id(p) not in own], state["params"]):
             p.copy_(saved)
+
+
+def minibatches(tensors: Sequence[torch.Tensor], batch_size: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Minibatches of tensors sharing their first dimension, in a fresh random order
+    (``torch.randperm``) when ``shuffle``; the last one may be smaller."""
+    n = tensors[0].shape[0]
+    if shuffle:
+        order = torch.randperm(n, device=tensors[0].device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t.index_select(0, idx) for t in tensors)
+    else:
+        for start in range(0, n, batch_size):
+            yield tuple(t[start : start + batch_size] for t in tensors)
 
 
 def run(state: TrainState, batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]],

@@ -36,7 +36,7 @@ from .callbacks import (
     Validation,
 )
 from .capture import CapturedStep, TrainStep
-from .engine import Callback, TrainState, restore, run, snapshot
+from .engine import Callback, TrainState, minibatches, restore, run, snapshot
 from .objectives import Objective, make_objective
 
 __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
@@ -109,15 +109,7 @@ def _batches(program, tensors, loader, batch_size: int, shuffle: bool, device) -
         for batch in loader:
             yield as_data_args(program, batch if isinstance(batch, (tuple, list)) else (batch,), device=device)
         return
-    n = tensors[0].shape[0]
-    if shuffle:
-        order = torch.randperm(n, device=tensors[0].device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield tuple(t.index_select(0, idx) for t in tensors)
-    else:
-        for start in range(0, n, batch_size):
-            yield tuple(t[start : start + batch_size] for t in tensors)
+    yield from minibatches(tensors, batch_size, shuffle)
 
 
 def _num_steps(tensors, loader, batch_size: int) -> int | None:
