@@ -122,10 +122,19 @@ class _NoValueReads(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in _VALUE_READS:
             raise _Uncapturable(_VALUE_READ_REASON)
+        if func in _DATA_SHAPED or (func in _INDEXING and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())):
+            raise _Uncapturable(
+                "the program makes a tensor whose shape depends on the data (boolean indexing, nonzero, "
+                "masked_select), which a graph of fixed shapes cannot hold; torch.where keeps the shape"
+            )
         return func(*args, **(kwargs or {}))
 
 
 _VALUE_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+_DATA_SHAPED = (torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default,
+                torch.ops.aten.unique_dim.default, torch.ops.aten._unique2.default)
+_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default)
 _VALUE_READ_REASON = (
     "the program reads a tensor's value in Python (.item(), float(t), or `if` on a tensor), so the "
     "graph would freeze that value or the branch it chose"
@@ -202,7 +211,11 @@ class CapturedStep(TrainStep):
         weight = torch.tensor(float(kl_weight), dtype=batch[0].dtype if batch[0].is_floating_point() else None)
         if self._steps == 1 or self._steps % self.check_every == 0:
             return self._checked(batch, weight, kl_weight)
-        return self._replay(batch, weight)
+        try:
+            return self._replay(batch, weight)
+        except RuntimeError as err:  # a graph that cannot run this batch: never train on it
+            self._fall_back(f"the captured graph failed on a later batch ({str(err).splitlines()[0]})", None)
+            return super().__call__(batch, kl_weight)
 
     # -- capture ------------------------------------------------------------------------
     def _function(self) -> Callable[..., Any]:

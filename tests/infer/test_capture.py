@@ -243,3 +243,19 @@ def test_resume_under_compile_continues_the_run_exactly(tmp_path):
 def test_bad_compile_values_are_refused():
     with pytest.raises(ValueError, match="compile must be one of"):
         pvae.fit(_vae(), _digits()[:64], num_epochs=1, compile="fast", progress=False)
+
+
+def _boolean_index_model(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        shift = torch.zeros_like(x).index_put((x > 0,), torch.ones(()))  # rows chosen by the data
+        pyro.sample("x", dist.Normal(z + shift, 1.0), obs=x)
+
+
+def test_data_dependent_shapes_fall_back():
+    x = torch.randn(200)
+    with pytest.warns(CaptureWarning, match="shape depends on the data"):
+        result = pvae.fit(ModelGuidePair(_boolean_index_model, _guide), x, num_epochs=2, batch_size=50, seed=0,
+                          compile=True, progress=False, diagnostics_every=None)
+    assert len(result.history) == 2
