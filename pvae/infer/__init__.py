@@ -5,7 +5,7 @@ from .amortization import GapReport, RefinementResult, amortization_gap, refine
 from .arviz_export import PsisDiagnostics, psis_diagnostics, to_inference_data
 from .bounds import BoundEstimate, EvidenceEstimate, iwae_bound, log_evidence
 from .callbacks import LearningRateSchedule
-from .capture import CapturedStep, CaptureWarning, TrainStep
+from .capture import CapturedFunction, CapturedStep, CaptureWarning, TrainStep
 from .engine import Callback, TrainState
 from .diagnostics import (
     CollapseReport,
@@ -34,6 +34,7 @@ __all__ = [
     "BoundEstimate",
     "Callback",
     "CaptureWarning",
+    "CapturedFunction",
     "CapturedStep",
     "CheckpointError",
     "CollapseReport",

@@ -60,7 +60,8 @@ from .objectives import EnumElboObjective, Objective, StepTerms
 CaptureMode = Literal["graph", "inductor"]
 CAPTURE_MODES: tuple[str, ...] = ("graph", "inductor")
 
-__all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureWarning", "CapturedStep", "TrainStep"]
+__all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureWarning", "CapturedFunction", "CapturedStep", "TrainStep",
+           "trace_graph"]
 
 
 class CaptureWarning(UserWarning):
@@ -232,54 +233,27 @@ class CapturedStep(TrainStep):
         return step
 
     def _capture(self, batch: tuple[torch.Tensor, ...]) -> None:
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         step = self._function()
         used: list[int] = []
         has_bound: list[bool] = []
 
         def traced(kl_weight: torch.Tensor, *b: torch.Tensor):
-            with _NoValueReads():
-                values, grads, idx = step(kl_weight, *b)
+            values, grads, idx = step(kl_weight, *b)
             used[:] = idx
             has_bound[:] = [len(values) == 4]
             return (*values, *grads)
 
         tick = time.perf_counter()
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            # fill the objective's per-program caches (the plate-nesting guess runs the
-            # program) eagerly, so that none of that work is recorded into the graph
-            self.objective(self.program.model, self.program.guide, batch, self.kwargs, 1.0)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        tracker = _SiteTracker()
         weight = torch.tensor(1.0, dtype=batch[0].dtype if batch[0].is_floating_point() else None)
+
+        def warm_up() -> None:  # fills the objective's per-program caches (the plate-nesting guess)
+            with torch.no_grad():
+                self.objective(self.program.model, self.program.guide, batch, self.kwargs, 1.0)
+
         try:
-            # the capture runs the program once: keep the RNG where it was, so that the
-            # captured run draws exactly what the eager run would
-            with torch.random.fork_rng(devices=[]), tracker:
-                graph = make_fx(traced)(weight, *batch)
+            graph = trace_graph(traced, (weight, *batch), warm_up)
         except _Uncapturable as err:
-            self._fall_back(err.reason, tracker.site)
-            return
-        except RuntimeError as err:
-            text = str(err)
-            if "_local_scalar_dense" in text or "data-dependent" in text:
-                self._fall_back(_VALUE_READ_REASON, tracker.site)
-            else:
-                self._fall_back(f"{type(err).__name__}: {text.splitlines()[0] if text else ''}", tracker.site)
-            return
-        except Exception as err:  # anything else the program does that tracing cannot follow
-            self._fall_back(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", tracker.site)
-            return
-        if random.getstate() != py_state or not _same_numpy_state(np.random.get_state(), np_state):
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            self._fall_back(
-                "the program draws Python-side random numbers (random / numpy.random), which a captured "
-                "graph would freeze; use torch's generator (pyro.sample, torch.randn)", None,
-            )
+            self._fall_back(err.reason, err.site)
             return
         if self.mode == "inductor":
             graph = _compile(graph)
@@ -331,6 +305,101 @@ class CapturedStep(TrainStep):
                                 "not static (its Python state or structure changes between calls)", None)
             self._graph = None  # the program changed: capture it again on the next full batch
         return eager
+
+
+def trace_graph(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
+                warm_up: Callable[[], None] | None = None) -> Callable[..., Any]:
+    """Record ``fn(*inputs)`` as a graph of tensor operations with make_fx.
+
+    The random state of torch, ``random`` and NumPy is left as it was (the graph
+    draws its own noise when it runs); ``warm_up`` runs first, eagerly, so that
+    caches a program fills on its first call are not recorded.
+
+    :raises _Uncapturable: with the reason and the sample site when ``fn`` reads
+        tensor values into Python, makes data-dependent shapes, draws Python-side
+        random numbers, or does anything else tracing cannot follow.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def guarded(*args: torch.Tensor):
+        with _NoValueReads():
+            return fn(*args)
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    tracker = _SiteTracker()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if warm_up is not None:
+                warm_up()
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            with tracker:
+                graph = make_fx(guarded)(*inputs)
+    except _Uncapturable as err:
+        raise _Uncapturable(err.reason, tracker.site) from None
+    except Exception as err:  # what else a program does that tracing cannot follow
+        text = str(err)
+        if "_local_scalar_dense" in text or "data-dependent" in text:
+            raise _Uncapturable(_VALUE_READ_REASON, tracker.site) from None
+        raise _Uncapturable(f"{type(err).__name__}: {text.splitlines()[0] if text else ''}", tracker.site) from None
+    finally:
+        python_drew = random.getstate() != py_state or not _same_numpy_state(np.random.get_state(), np_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    if python_drew:
+        raise _Uncapturable(
+            "the program draws Python-side random numbers (random / numpy.random), which a captured "
+            "graph would freeze; use torch's generator (pyro.sample, torch.randn)"
+        )
+    return graph
+
+
+class CapturedFunction:
+    """A no-grad evaluation ``fn(*tensors) -> tuple of tensors`` captured at its
+    first call and replayed for inputs of the same shapes (others run ``fn``).
+
+    The first replay is checked against ``fn`` from the same random state; a
+    function that cannot be captured, or whose graph disagrees, runs eagerly
+    from then on, with one :class:`CaptureWarning`.
+
+    :param callable fn: the evaluation; it must return a tuple of tensors.
+    :param str what: what it is, for the warning.
+    :param callable warm_up: run once, eagerly, before the capture.
+    """
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], what: str,
+                 warm_up: Callable[[], None] | None = None) -> None:
+        self.fn, self.what, self.warm_up = fn, what, warm_up
+        self.fallback: str | None = None
+        self._graph: Callable[..., Any] | None = None
+        self._signature: tuple | None = None
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)``, from the graph where it is valid."""
+        signature = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+        if self.fallback is not None or (self._signature is not None and signature != self._signature):
+            return self.fn(*inputs)
+        if self._graph is None:
+            with torch.no_grad():
+                try:
+                    self._graph = trace_graph(lambda *a: tuple(self.fn(*a)), inputs, self.warm_up)
+                except _Uncapturable as err:
+                    return self._eager(err.reason + (f" (at sample site {err.site!r})" if err.site else ""), inputs)
+            self._signature = signature
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                replayed = self._graph(*inputs)
+            eager = self.fn(*inputs)
+            if not _close(list(replayed), list(eager)):
+                self.fallback = "its captured graph disagrees with the eager evaluation"
+                warnings.warn(f"{self.what} runs eagerly: {self.fallback}.", CaptureWarning, stacklevel=user_stacklevel())
+            return eager
+        with torch.no_grad():
+            return tuple(self._graph(*inputs))
+
+    def _eager(self, reason: str, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        self.fallback = reason
+        warnings.warn(f"{self.what} runs eagerly: {reason}.", CaptureWarning, stacklevel=user_stacklevel())
+        return self.fn(*inputs)
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor | None]) -> bool:

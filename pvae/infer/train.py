@@ -35,7 +35,7 @@ from .callbacks import (
     RecordEpoch,
     Validation,
 )
-from .capture import CapturedStep, TrainStep
+from .capture import CapturedFunction, CapturedStep, TrainStep
 from .engine import Callback, TrainState, minibatches, restore, run, snapshot
 from .objectives import Objective, make_objective
 
@@ -291,13 +291,21 @@ def _train_step(compile, program, objective, params, tensors, loader, batch_size
 
 
 # -- evaluation ------------------------------------------------------------------
+def _evaluation(program, objective: Objective, compiled: bool) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """A batch's (ELBO, reconstruction, KL) totals, captured as a graph if ``compiled``."""
+    def terms(*batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        t = objective(program.model, program.guide, batch, {}, 1.0)
+        return t.elbo, t.reconstruction, t.kl
+
+    return CapturedFunction(terms, "pvae.fit's validation pass") if compiled else terms
+
+
 @torch.no_grad()
-def _evaluate(program, objective: Objective, tensors, loader, batch_size: int, device) -> dict[str, float]:
+def _evaluate(program, evaluate_batch, tensors, loader, batch_size: int, device) -> dict[str, float]:
     totals = torch.zeros(3)
     n = 0
     for batch in _batches(program, tensors, loader, batch_size, False, device):
-        terms = objective(program.model, program.guide, batch, {}, 1.0)
-        totals += torch.stack([terms.elbo, terms.reconstruction, terms.kl]).cpu()
+        totals += torch.stack(evaluate_batch(*batch)).cpu()
         n += batch[0].shape[0]
     elbo, rec, kl = (totals / n).tolist()
     return {"elbo": elbo, "reconstruction": rec, "kl": kl}
@@ -448,8 +456,10 @@ def fit(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     state = TrainState(program, objective, params, optimizer, train_step, int(num_epochs),
                        _num_steps(tensors, loader, batch_size))
+    evaluate_batch = _evaluation(program, objective, isinstance(train_step, CapturedStep))
+
     def evaluate() -> dict[str, float]:
-        return _evaluate(program, objective, val_tensors, val_loader, max(batch_size, 1024), device)
+        return _evaluate(program, evaluate_batch, val_tensors, val_loader, max(batch_size, 1024), device)
     diag_source = val_tensors if val_tensors is not None else tensors
     validation = Validation(evaluate if validation_data is not None else None, patience, restore_best)
     bar = ProgressBar(progress)

@@ -98,10 +98,11 @@ def test_fit_with_compile_is_the_eager_run_to_the_bit():
     runs = []
     for compile in (False, True):
         vae = _vae()
-        runs.append(pvae.fit(vae, _digits()[:300], num_epochs=3, batch_size=64, kl_warmup=2, seed=1,
-                             compile=compile, progress=False, diagnostics_every=None))
-    losses = [[h["loss"] for h in r.history] for r in runs]
-    assert losses[0] == losses[1]
+        runs.append(pvae.fit(vae, _digits()[:300], validation_data=_digits()[300:400], num_epochs=3,
+                             batch_size=64, kl_warmup=2, seed=1, compile=compile, progress=False,
+                             diagnostics_every=None))
+    for key in ("loss", "val_elbo"):  # training steps and the captured validation pass
+        assert [h[key] for h in runs[0].history] == [h[key] for h in runs[1].history]
 
 
 def test_kl_warmup_changes_the_weight_without_a_new_capture():
@@ -259,3 +260,30 @@ def test_data_dependent_shapes_fall_back():
         result = pvae.fit(ModelGuidePair(_boolean_index_model, _guide), x, num_epochs=2, batch_size=50, seed=0,
                           compile=True, progress=False, diagnostics_every=None)
     assert len(result.history) == 2
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_captured_bound_chunks_give_the_eager_estimate(chunk_size):
+    from pvae.infer import iwae_bound, log_evidence
+
+    vae, x = _vae(), _digits()[:50]
+    values = []
+    for compile in (False, True):
+        pyro.set_rng_seed(2)
+        b = iwae_bound(vae, x, num_particles=20, chunk_size=chunk_size, compile=compile)
+        pyro.set_rng_seed(2)
+        ev = log_evidence(vae, x, num_particles=20, chunk_size=chunk_size, elbo_particles=10, compile=compile)
+        values.append((b.value, b.stderr, ev.log_evidence.value, ev.elbo.value))
+    for eager, captured in zip(*values):
+        torch.testing.assert_close(captured, eager, rtol=0, atol=0)
+
+
+def test_captured_function_falls_back_on_value_reads():
+    from pvae.infer import CapturedFunction
+
+    f = CapturedFunction(lambda x: (x * float(x.sum()),), "a test evaluation")
+    x = torch.ones(3)
+    with pytest.warns(CaptureWarning, match="a test evaluation runs eagerly: the program reads a tensor's value"):
+        out = f(x)
+    torch.testing.assert_close(out[0], x * 3)
+    torch.testing.assert_close(f(2 * x)[0], 2 * x * 6)  # eager from then on, and right
