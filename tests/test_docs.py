@@ -15,7 +15,6 @@ import inspect
 import os
 import pickle
 import pkgutil
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +26,14 @@ DOCS = ROOT / "docs"
 
 
 def _api_pages() -> dict[str, str]:
-    """``{package: docname}`` for every ``.. pvae-api:: package`` directive."""
-    pages = {}
-    for page in sorted((DOCS / "api").glob("*.rst")):
-        for m in re.finditer(r"^\.\. pvae-api::\s*(\S+)\s*$", page.read_text(encoding="utf-8"), re.M):
-            pages[m.group(1)] = f"api/{page.stem}"
-    return pages
+    """``{package: docname}`` for every ``.. pvae-api:: package`` directive (read by
+    the docs' own extension, so the test and the build agree)."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from pvae_docs import api_packages
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    return api_packages()
 
 
 def _public_names(package: str) -> list[tuple[str, object]]:
