@@ -23,10 +23,28 @@ in the same round.
 (d) ``pvae.fit`` with ``IWAEObjective(num_particles=5, estimator="dreg")``
 (e) the hand-written step (a) with ``torch.optim.Adam(fused=True)``, the
     optimiser ``pvae.fit`` uses
+(f) (c) with ``compile="graph"``: the step captured once with make_fx and replayed
+(g) (d) with ``compile="graph"``
+(h) (c) with ``compile="inductor"``: that graph compiled by ``torch.compile``
+(i) (d) with ``compile="inductor"`` (``--no-inductor`` leaves (h) and (i) out:
+    each first compile takes tens of seconds)
+(j) (c)'s eager step in the loop that drives (f)-(i): a control, ~ (c)
+(k) (d)'s eager step in that loop, ~ (d)
+
+(f)-(k) are fit's own step (:class:`pvae.infer.capture.CapturedStep`, or
+``TrainStep`` for the controls) driven by a copy of fit's epoch loop
+(``_speed.FitLoop``, which reproduces ``pvae.fit`` to the bit under the same
+seed), so that the step is captured once, in the warm-up round, and reused
+across the timed epochs as in one long fit (a ``pvae.fit`` call per epoch, as
+(c) and (d) are timed, would capture anew every time). A second table gives each
+captured mode's capture (+ compile) seconds and its break-even against fit
+eager ((c) or (d)) and against the same loop eager ((j) or (k)): capture seconds
+/ seconds saved per epoch ("never" when it saves nothing). Inductor's on-disk
+cache is a fresh temporary folder unless ``--warm-inductor-cache``.
 
 Usage::
 
-    python benchmarks/iwae_speed.py [--data-dir ../shared/data/mnist] [--epochs 3]
+    python benchmarks/iwae_speed.py [--data-dir ../shared/data/mnist] [--epochs 3] [--no-inductor]
 """
 
 from __future__ import annotations
@@ -38,14 +56,21 @@ import pyro
 import torch
 
 import pvae
-from _speed import DEFAULT_MNIST, HIDDEN, LATENT, LR, Clock, datasets, encoder_decoder, hand_log_weights
-from _speed import minibatch_epoch, print_tables, pyro_program, torch_step
+from _speed import BATCH, DEFAULT_MNIST, HIDDEN, LATENT, LR, Clock, FitLoop, compile_report, datasets
+from _speed import encoder_decoder, fresh_inductor_cache, hand_log_weights, minibatch_epoch, print_compile_reports
+from _speed import print_tables, pyro_program, torch_step
 from pvae.infer import IWAEObjective
 
 K = 5
+COLUMNS = {"a": "(a) hand", "b": "(b) Renyi", "c": "(c) iwae", "d": "(d) dreg", "e": "(e) fused",
+           "f": "(f) iwae gr", "g": "(g) dreg gr", "h": "(h) iwae ind", "i": "(i) dreg ind",
+           "j": "(j) iwae lp", "k": "(k) dreg lp"}
+#: captured key -> (objective, compile mode, fit eager baseline, loop eager baseline)
+CAPTURED = {"f": ("iwae", "graph", "c", "j"), "g": ("dreg", "graph", "d", "k"),
+            "h": ("iwae", "inductor", "c", "j"), "i": ("dreg", "inductor", "d", "k")}
 
 
-def bench(x: torch.Tensor, epochs: int) -> dict:
+def bench(x: torch.Tensor, epochs: int, inductor: bool) -> tuple[dict, list[dict]]:
     d = x.shape[1]
     pyro.clear_param_store()
     clock = Clock()
@@ -61,13 +86,26 @@ def bench(x: torch.Tensor, epochs: int) -> dict:
     vae_iwae = pvae.VAE(d, LATENT, hidden_dims=(HIDDEN,), likelihood="bernoulli")
     vae_dreg = pvae.VAE(d, LATENT, hidden_dims=(HIDDEN,), likelihood="bernoulli")
     dreg = IWAEObjective(num_particles=K, estimator="dreg")
-    for _ in range(epochs + 1):  # round 0 warms up and is dropped
+    objectives = {"iwae": IWAEObjective(num_particles=K), "dreg": dreg}
+    loops = {}
+    plan = [*((k, v[:2]) for k, v in CAPTURED.items()), ("j", ("iwae", False)), ("k", ("dreg", False))]
+    for key, (objective, mode) in plan:
+        if inductor or mode != "inductor":
+            vae = pvae.VAE(d, LATENT, hidden_dims=(HIDDEN,), likelihood="bernoulli")
+            loops[key] = FitLoop(vae, objectives[objective], mode)
+    for _ in range(epochs + 1):  # round 0 warms up (and captures) and is dropped
         clock.time("a", lambda: minibatch_epoch(steps["a"], x))
         clock.time("b", lambda: minibatch_epoch(svi.step, x))
         clock.fit_epoch("c", vae_iwae, x, objective="iwae", num_particles=K)
         clock.fit_epoch("d", vae_dreg, x, objective=dreg)
+        for key, loop in loops.items():
+            clock.time(key, lambda: loop.epoch(x))
         clock.time("e", lambda: minibatch_epoch(steps["e"], x))
-    return clock.medians()
+    n_steps = math.ceil(x.shape[0] / BATCH)
+    reports = [compile_report(clock, key, base, loops[key], n_steps)
+               for key, (_, _, fit_base, loop_base) in CAPTURED.items() if key in loops
+               for base in (fit_base, loop_base)]
+    return clock.medians(), reports
 
 
 def main() -> None:
@@ -75,12 +113,24 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--inductor", action=argparse.BooleanOptionalAction, default=True,
+                        help="include fit(compile='inductor') (each first compile takes tens of seconds)")
+    parser.add_argument("--warm-inductor-cache", action="store_true",
+                        help="use inductor's usual on-disk cache instead of a fresh one (measures a rerun)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = [(name, x.shape[0], bench(x, args.epochs * mult)) for name, x, mult in datasets(args.data_dir)]
-    print(f"torch {torch.__version__}, pyro {pyro.__version__}, threads {args.threads}, K={K}")
-    print_tables(rows, {"a": "(a) hand", "b": "(b) Renyi", "c": "(c) iwae", "d": "(d) dreg", "e": "(e) fused"})
+    cache = None if args.warm_inductor_cache or not args.inductor else fresh_inductor_cache()
+    rows, reports = [], []
+    for name, x, mult in datasets(args.data_dir):
+        medians, compiled = bench(x, args.epochs * mult, args.inductor)
+        rows.append((name, x.shape[0], medians))
+        reports += [(name, r) for r in compiled]
+    print(f"torch {torch.__version__}, pyro {pyro.__version__}, threads {args.threads}, K={K}"
+          + ("" if not args.inductor else f"; inductor cache: {cache or 'the usual one (warm)'}"))
+    columns = {k: v for k, v in COLUMNS.items() if args.inductor or k not in ("h", "i")}
+    print_tables(rows, columns)
+    print_compile_reports(reports, columns)
 
 
 if __name__ == "__main__":

@@ -271,10 +271,10 @@ def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Ca
 
 
 # -- the step ------------------------------------------------------------------
-# A captured step pays for itself after about this many steps (benchmarks/train_speed.py:
-# capture seconds / seconds saved per step, on MNIST-8k and the digits); compile="auto"
-# captures only runs longer than that.
-AUTO_COMPILE_MIN_STEPS = 2000
+# A captured graph pays for its capture (0.2-0.5 s) after 150-700 steps on MNIST-8k and
+# the digits (benchmarks/train_speed.py and iwae_speed.py: capture seconds / seconds
+# saved per step); compile="auto" captures runs of at least this many steps.
+AUTO_COMPILE_MIN_STEPS = 1000
 _COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
 
 
@@ -408,7 +408,7 @@ def fit(
         bit, under the same seed), ``"inductor"`` compiles it with
         ``torch.compile`` (float-close to eager; the first compile takes tens of
         seconds), ``"auto"`` captures runs of at least
-        ``AUTO_COMPILE_MIN_STEPS`` (2000) steps. The graph is checked against an
+        ``AUTO_COMPILE_MIN_STEPS`` (1000) steps. The graph is checked against an
         eager step at the first step and every 100 after, and re-captured if the
         program changed; a program that cannot be captured trains eagerly with
         one :class:`~pvae.infer.CaptureWarning` naming why. Batches of
