@@ -153,6 +153,9 @@ class CapturedStep(TrainStep):
     :param int check_every: compare the graph with an eager step at the first
         step and every this many steps after. Default 100.
     :param bool verbose: print the capture (and compile) time once. Default False.
+    :param int measure: after the first step, time this many eager steps against as
+        many replays (alternating; the same numbers either way) and train eagerly
+        if the graph is not faster (``compile="auto"``). Default 0: keep the graph.
     :param kwargs: as for :class:`TrainStep`.
     :param data_size: as for :class:`TrainStep`.
     """
@@ -166,6 +169,7 @@ class CapturedStep(TrainStep):
         mode: CaptureMode = "graph",
         check_every: int = 100,
         verbose: bool = False,
+        measure: int = 0,
         kwargs: dict[str, Any] | None = None,
         data_size: int | None = None,
     ) -> None:
@@ -174,7 +178,8 @@ class CapturedStep(TrainStep):
             raise ValueError(f"mode must be one of {list(CAPTURE_MODES)}, got {mode!r}.")
         if int(check_every) != check_every or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}.")
-        self.mode, self.check_every, self.verbose = mode, int(check_every), verbose
+        self.mode, self.check_every, self.verbose, self.measure = mode, int(check_every), verbose, int(measure)
+        self._timings: tuple[list[float], list[float]] = ([], [])  # replays, eager steps (measure)
         self.fallback: str | None = None  # why the step runs eagerly, once decided
         self.capture_seconds = 0.0
         self.captures = 0
@@ -212,6 +217,8 @@ class CapturedStep(TrainStep):
         weight = torch.tensor(float(kl_weight), dtype=batch[0].dtype if batch[0].is_floating_point() else None)
         if self._steps == 1 or self._steps % self.check_every == 0:
             return self._checked(batch, weight, kl_weight)
+        if self._steps <= 1 + 2 * self.measure:
+            return self._measured(batch, weight, kl_weight)
         try:
             return self._replay(batch, weight)
         except RuntimeError as err:  # a graph that cannot run this batch: never train on it
@@ -289,6 +296,21 @@ class CapturedStep(TrainStep):
             p.grad = None
         for i, g in zip(self._used, grads):
             self.params[i].grad = g
+        return terms
+
+    def _measured(self, batch: tuple[torch.Tensor, ...], weight: torch.Tensor, kl_weight: float) -> StepTerms:
+        """Steps 2 .. 2 * measure + 1 alternate eager steps and replays (the same
+        numbers either way) and time them; a graph no faster than eager is dropped."""
+        tick = time.perf_counter()
+        terms = TrainStep.__call__(self, batch, kl_weight) if self._steps % 2 else self._replay(batch, weight)
+        self._timings[self._steps % 2].append(time.perf_counter() - tick)
+        if self._steps == 1 + 2 * self.measure:
+            replay, eager = (sorted(t)[len(t) // 2] for t in self._timings)
+            if replay >= eager:
+                self.fallback = (f"the captured step is not faster here ({1e3 * replay:.2f} ms against "
+                                 f"{1e3 * eager:.2f} ms eager)")
+                if self.verbose:
+                    print(f"pvae.fit(compile='auto'): training eagerly: {self.fallback}")
         return terms
 
     def _checked(self, batch: tuple[torch.Tensor, ...], weight: torch.Tensor, kl_weight: float) -> StepTerms:

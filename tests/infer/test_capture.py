@@ -305,3 +305,35 @@ def test_inductor_training_reaches_the_eager_elbo():
                           compile=compile, progress=False, diagnostics_every=None)
         ends[compile] = result.history[-1]["val_elbo"]
     assert abs(ends["inductor"] - ends[False]) < 1.0, ends
+
+
+def test_auto_measures_and_drops_a_graph_that_is_not_faster(monkeypatch):
+    """compile='auto' alternates eager steps and replays (the same numbers) and
+    keeps the graph only if it is faster; here the replay is made slow on purpose."""
+    batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(10)]
+    eager = _steps(TrainStep, _vae(), ElboObjective(), batches, [1.0] * 10)
+    original = CapturedStep._run_graph
+
+    def slow(self, batch, weight):
+        import time
+
+        time.sleep(0.02)
+        return original(self, batch, weight)
+
+    monkeypatch.setattr(CapturedStep, "_run_graph", slow)
+    step, losses, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 10, measure=3)
+    assert step.fallback is not None and "not faster" in step.fallback
+    torch.testing.assert_close(losses, eager[1], rtol=0, atol=0)
+    monkeypatch.setattr(CapturedStep, "_run_graph", original)
+    _, losses, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 10, measure=3)
+    torch.testing.assert_close(losses, eager[1], rtol=0, atol=0)
+
+
+def test_auto_compiles_only_long_runs(monkeypatch):
+    from pvae.infer import train
+
+    monkeypatch.setattr(train, "AUTO_COMPILE_MIN_STEPS", 10)
+    x = _digits()[:128]
+    short = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 4)  # 8 steps
+    long = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 5)  # 10 steps
+    assert type(short) is TrainStep and isinstance(long, CapturedStep) and long.measure > 0
