@@ -263,3 +263,28 @@ def print_tables(rows: list[tuple[str, int, dict]], columns: dict[str, str]) -> 
             r, ratio = med[clock]["seconds"], med[clock]["ratio"]
             print(f"{name:10} {n:>5} | " + " ".join(f"{r[k]:{width[k]}.4f}" for k in keys) + " | "
                   + " ".join(f"{ratio[k]:5.2f}" for k in keys[1:]))
+
+
+def add_compile_flags(parser) -> None:
+    """The scripts' --inductor / --warm-inductor-cache flags."""
+    import argparse
+
+    parser.add_argument("--inductor", action=argparse.BooleanOptionalAction, default=True,
+                        help="include fit(compile='inductor') (its first compile takes tens of seconds)")
+    parser.add_argument("--warm-inductor-cache", action="store_true",
+                        help="use inductor's usual on-disk cache instead of a fresh one (measures a rerun)")
+
+
+def run_datasets(args, bench) -> tuple[list, list, str]:
+    """``bench(x, epochs, inductor) -> (medians, compile reports)`` on every data set,
+    with the scripts' threads, seed and inductor cache; returns the table rows, the
+    compile reports and a note on the cache for the header line."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cache = None if args.warm_inductor_cache or not args.inductor else fresh_inductor_cache()
+    rows, reports = [], []
+    for name, x, mult in datasets(args.data_dir):
+        medians, compiled = bench(x, args.epochs * mult, args.inductor)
+        rows.append((name, x.shape[0], medians))
+        reports += [(name, r) for r in compiled]
+    return rows, reports, "" if not args.inductor else f"; inductor cache: {cache or 'the usual one (warm)'}"

@@ -56,9 +56,9 @@ import pyro
 import torch
 
 import pvae
-from _speed import BATCH, DEFAULT_MNIST, HIDDEN, LATENT, LR, Clock, FitLoop, compile_report, datasets
-from _speed import encoder_decoder, fresh_inductor_cache, hand_log_weights, minibatch_epoch, print_compile_reports
-from _speed import print_tables, pyro_program, torch_step
+from _speed import BATCH, DEFAULT_MNIST, HIDDEN, LATENT, LR, Clock, FitLoop, compile_report
+from _speed import encoder_decoder, hand_log_weights, minibatch_epoch, print_compile_reports
+from _speed import add_compile_flags, print_tables, pyro_program, run_datasets, torch_step
 from pvae.infer import IWAEObjective
 
 K = 5
@@ -113,21 +113,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--inductor", action=argparse.BooleanOptionalAction, default=True,
-                        help="include fit(compile='inductor') (each first compile takes tens of seconds)")
-    parser.add_argument("--warm-inductor-cache", action="store_true",
-                        help="use inductor's usual on-disk cache instead of a fresh one (measures a rerun)")
+    add_compile_flags(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cache = None if args.warm_inductor_cache or not args.inductor else fresh_inductor_cache()
-    rows, reports = [], []
-    for name, x, mult in datasets(args.data_dir):
-        medians, compiled = bench(x, args.epochs * mult, args.inductor)
-        rows.append((name, x.shape[0], medians))
-        reports += [(name, r) for r in compiled]
-    print(f"torch {torch.__version__}, pyro {pyro.__version__}, threads {args.threads}, K={K}"
-          + ("" if not args.inductor else f"; inductor cache: {cache or 'the usual one (warm)'}"))
+    rows, reports, cache_note = run_datasets(args, bench)
+    print(f"torch {torch.__version__}, pyro {pyro.__version__}, threads {args.threads}, K={K}" + cache_note)
     columns = {k: v for k, v in COLUMNS.items() if args.inductor or k not in ("h", "i")}
     print_tables(rows, columns)
     print_compile_reports(reports, columns)
