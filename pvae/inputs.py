@@ -73,13 +73,17 @@ class DataTypeError(DataError, TypeError):
     objects, complex numbers); also a :class:`TypeError`."""
 
 
-def _owner(program: Any) -> Any:
-    """The object behind a program: itself, or the object whose bound methods its
-    ``model`` and ``guide`` are (``iwae_bound(vae.model, vae.guide, x)``)."""
-    model = getattr(program, "model", None)
+def program_owner(program: Any) -> Any:
+    """The object behind a program: itself, or the program whose own ``model`` and
+    ``guide`` methods its ``model`` and ``guide`` are (``ModelGuidePair(vae.model,
+    vae.guide)`` is ``vae``)."""
+    model, guide = getattr(program, "model", None), getattr(program, "guide", None)
     owner = getattr(model, "__self__", None)
-    if owner is not None and getattr(getattr(program, "guide", None), "__self__", None) is owner:
-        return owner
+    if owner is not None and owner is not program and getattr(guide, "__self__", None) is owner:
+        same = [getattr(getattr(owner, name, None), "__func__", None) is getattr(fn, "__func__", fn)
+                for name, fn in (("model", model), ("guide", guide))]
+        if all(same):
+            return owner
     return program
 
 
@@ -93,7 +97,7 @@ def program_dtype_device(program: Any) -> tuple[torch.dtype | None, torch.device
     :param program: a program, or any object.
     :returns: ``(dtype, device)``, each None when unknown.
     """
-    module = _owner(program)
+    module = program_owner(program)
     if isinstance(module, torch.nn.Module):
         for tensor in itertools.chain(module.parameters(), module.buffers()):
             if tensor.is_floating_point():
@@ -245,7 +249,7 @@ def as_data_args(
     """
     dtype, program_device = program_dtype_device(program)
     device = device if device is not None else program_device
-    owner = _owner(program)
+    owner = program_owner(program)
     kinds = tuple(getattr(owner, "data_kinds", None) or ())
     names = tuple(names) if names is not None else tuple(getattr(owner, "data_names", None) or ())
     out = []

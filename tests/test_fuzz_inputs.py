@@ -678,6 +678,15 @@ def _corrupt_bytes(draw, raw: bytes, how: str) -> bytes:
     return raw
 
 
+def _load_written(raw: bytes, filename: str, load):
+    """Write ``raw`` to ``filename`` in a fresh folder and ``_outcome(load(folder, file))``,
+    errors expected to name the file."""
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / filename
+        file.write_bytes(raw)
+        return _outcome(lambda: load(folder, file), str(file))
+
+
 def _write_lines(lines: list[list[str]]) -> bytes:
     return "".join(",".join(row) + "\n" for row in lines).encode()
 
@@ -714,10 +723,7 @@ def test_load_csv_corrupted(case):
     junk (non-UTF-8, NUL, quotes, CR), ragged rows, non-numeric cells, an empty file
     or a header alone it returns a sane Dataset or raises a DataError naming the file."""
     raw, values, how = case
-    with tempfile.TemporaryDirectory() as folder:
-        file = Path(folder) / "data.csv"
-        file.write_bytes(raw)
-        ds, err = _outcome(lambda: load_csv(file), str(file))
+    ds, err = _load_written(raw, "data.csv", lambda folder, file: load_csv(file))
     if how == "none":
         assert err is None, err
         assert torch.equal(ds.x, torch.from_numpy(values).float()) and ds.name == "data"
@@ -862,10 +868,7 @@ def test_load_ihdp_corrupted(case):
     corruption it returns finite data with a binary treatment and x14 in {0, 1},
     or raises a DataError naming the file."""
     raw, values, how = case
-    with tempfile.TemporaryDirectory() as folder:
-        file = Path(folder) / "ihdp_npci_1.csv"
-        file.write_bytes(raw)
-        data, err = _outcome(lambda: load_ihdp(folder), str(file))
+    data, err = _load_written(raw, "ihdp_npci_1.csv", lambda folder, file: load_ihdp(folder))
     if how == "none":
         assert err is None, err
         x = values[:, 5:].copy()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, Protocol, TypeVar, runtime_checkable
 
 import pyro
 
-from ..inputs import as_data_args
+from ..inputs import as_data_args, program_owner
 
 # pvae's modules keep their parameters to themselves (DESIGN principle 5): with
 # this Pyro setting, PyroModule parameters never enter the global param store,
@@ -99,16 +99,6 @@ def _is_program(value: Any) -> bool:
     return callable(getattr(value, "model", None)) and callable(getattr(value, "guide", None))
 
 
-def _bound_owner(model: Callable[..., Any], guide: Callable[..., Any]) -> Any:
-    """The program whose bound methods ``model`` and ``guide`` are, if any."""
-    owner = getattr(model, "__self__", None)
-    if owner is not None and getattr(guide, "__self__", None) is owner and _is_program(owner):
-        if getattr(owner.model, "__func__", None) is getattr(model, "__func__", model) and \
-                getattr(owner.guide, "__func__", None) is getattr(guide, "__func__", guide):
-            return owner
-    return None
-
-
 def split_program(verb: str, args: tuple[Any, ...], guide: Callable[..., Any] | None = None) -> tuple[Program, tuple[Any, ...]]:
     """Read a verb's positional arguments in either of pvae's two calling conventions.
 
@@ -131,8 +121,7 @@ def split_program(verb: str, args: tuple[Any, ...], guide: Callable[..., Any] | 
     if guide is not None:
         if not callable(first) or not callable(guide):
             raise TypeError(_convention_error(verb, args[:1] + (guide,)))
-        program = _bound_owner(first, guide)
-        return (program if program is not None else ModelGuidePair(first, guide)), tuple(args[1:])
+        return program_owner(ModelGuidePair(first, guide)), tuple(args[1:])
     if _is_program(first):
         return first, tuple(args[1:])
     raise TypeError(_convention_error(verb, args[:2]))
