@@ -1,4 +1,5 @@
-"""Data: offline loaders for digits, numeric CSV, MNIST (IDX) and IHDP (CSV), a checker, and
+"""Data: offline loaders for digits, numeric CSV, MNIST (IDX), IHDP (CSV) and protein
+alignments (A2M, with sequence weights and splits), a checker, and
 synthetic generators with known ground truth. Nothing is bundled or downloaded:
 loaders take a path."""
 
@@ -14,6 +15,17 @@ from .loaders import (
     load_mnist,
     mnist_10k_split,
 )
+from .msa import (
+    ALPHABET,
+    AMINO_ACIDS,
+    MSA,
+    decode_sequences,
+    encode_sequences,
+    load_msa,
+    msa_split,
+    nearest_identity,
+    sequence_weights,
+)
 from .synthetic import (
     FourierModes,
     LatticeField,
@@ -27,6 +39,15 @@ from .synthetic import (
 )
 
 __all__ = [
+    "ALPHABET",
+    "AMINO_ACIDS",
+    "MSA",
+    "decode_sequences",
+    "encode_sequences",
+    "load_msa",
+    "msa_split",
+    "nearest_identity",
+    "sequence_weights",
     "IHDP_COLUMNS",
     "CausalData",
     "Dataset",
