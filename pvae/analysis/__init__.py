@@ -2,7 +2,8 @@
 
 Anomaly scores with calibration, latent-space tools (traversals, interpolation,
 prototype, arithmetic), decoder geometry (pullback metric, geodesics), inverse
-problems with a VAE prior, and figures (each writes one PNG and returns its path).
+problems with a VAE prior, mutation effects of protein variants and a validity filter
+for generated sequences, and figures (each writes one PNG and returns its path).
 """
 
 from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals
@@ -27,6 +28,16 @@ from .geometry import (
     pullback_metric,
 )
 from .inverse import GaussianPosterior, InverseSolution, linear_gaussian_posterior_mean, solve_inverse
+from .mutations import MutationEffects, mutation_effects, parse_mutations
+from .sequences import (
+    HYDROPHOBIC,
+    CompositionRule,
+    FilterResult,
+    IdentityRule,
+    MotifRule,
+    SequenceFilter,
+    SequenceRule,
+)
 from .latent import (
     decoder_mean,
     encode_mean,
@@ -38,6 +49,16 @@ from .latent import (
 )
 
 __all__ = [
+    "HYDROPHOBIC",
+    "CompositionRule",
+    "FilterResult",
+    "IdentityRule",
+    "MotifRule",
+    "MutationEffects",
+    "SequenceFilter",
+    "SequenceRule",
+    "mutation_effects",
+    "parse_mutations",
     "AnomalyDetector",
     "GaussianPosterior",
     "GeodesicResult",

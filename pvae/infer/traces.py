@@ -78,13 +78,13 @@ class SiteLogProbs:
 
     @property
     def log_prior(self) -> torch.Tensor:
-        """:math:`\\log p(z)` summed over latent sites: ``(K, batch)``."""
-        return _total(self.log_p[n] for n in self.latent)
+        """:math:`\\log p(z)` summed over latent sites: ``(K, batch)`` (0 without a latent site)."""
+        return _total((self.log_p[n] for n in self.latent), empty=self.log_likelihood)
 
     @property
     def log_guide(self) -> torch.Tensor:
-        """:math:`\\log q(z \\mid x)` summed over latent sites: ``(K, batch)``."""
-        return _total(self.log_q[n] for n in self.latent)
+        """:math:`\\log q(z \\mid x)` summed over latent sites: ``(K, batch)`` (0 without a latent site)."""
+        return _total((self.log_q[n] for n in self.latent), empty=self.log_likelihood)
 
     @property
     def log_weight(self) -> torch.Tensor:
@@ -112,12 +112,16 @@ class SiteLogProbs:
         )
 
 
-def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+def _total(terms: Iterable[torch.Tensor], empty: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum of ``terms``; zeros shaped like ``empty`` for none (a model without a latent
+    variable, whose bounds are then its exact log-likelihood), or an error without ``empty``."""
     out = None
     for t in terms:
         out = t if out is None else out + t
     if out is None:
-        raise ValueError("the program has no site of that kind.")
+        if empty is None:
+            raise ValueError("the program has no site of that kind.")
+        return torch.zeros_like(empty)
     return out
 
 

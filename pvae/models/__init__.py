@@ -13,6 +13,7 @@ from .cvae import ConditionalVAE
 from .denoising import DenoisingVAE
 from .linear import LinearVAE, PPCASolution, ppca, principal_angles
 from .multimodal import MultimodalVAE
+from .profile import SiteIndependentModel
 from .oracles import BetaBernoulliCoin, LinearGaussian
 from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorical_kl
 from .sequential import SequentialVAE
@@ -40,6 +41,7 @@ __all__ = [
     "Program",
     "RelaxedCategoricalVAE",
     "SemiSupervisedVAE",
+    "SiteIndependentModel",
     "SequentialVAE",
     "SupportError",
     "as_program",
