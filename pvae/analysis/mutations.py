@@ -164,8 +164,9 @@ def mutation_effects(
     ``mutation_effects(program, msa, mutations)`` or
     ``mutation_effects(model, guide, msa, mutations)``; the program reads
     integer codes over :data:`pvae.data.ALPHABET` (as
-    :class:`~pvae.models.SequenceVAE` and
-    :class:`~pvae.models.SiteIndependentModel` do).
+    pvae's sequence VAE and
+    :class:`~pvae.models.SiteIndependentModel` do, or :class:`~pvae.VAE` with a
+    categorical likelihood).
 
     :param MSA msa: the alignment the program was fitted to (its focus sequence,
         numbering and columns).

@@ -45,7 +45,7 @@ _GAP = ALPHABET.index("-")
 
 
 class SequenceRule(Protocol):
-    """A rule: :meth:`check` gives, for ``(m, L)`` codes, ``(m,)`` bool passes and
+    """A rule: its ``check`` gives, for ``(m, L)`` codes, ``(m,)`` bool passes and
     the reason of each failure (None for a pass)."""
 
     name: str

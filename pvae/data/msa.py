@@ -79,7 +79,7 @@ class MSA:
     :ivar torch.Tensor weights: ``(n,)`` float32 sequence weights (see the module).
     :ivar tuple names: the record names (the header without ``>``).
     :ivar str focus_sequence: the focus record's residues, all of them (focus
-        and insert columns, upper case), numbered from :attr:`start`.
+        and insert columns, upper case), numbered from ``start``.
     :ivar int start: the number of the focus sequence's first residue (the
         ``/start-end`` of its header; 1 without one).
     :ivar torch.Tensor positions: ``(L,)`` int64 residue number of the focus

@@ -76,9 +76,11 @@ def test_scores_are_log_odds_under_the_site_independent_model(msa):
 
 def test_a_vae_scores_the_wild_type_zero_and_prefers_the_family(msa):
     pyro.set_rng_seed(0)
-    program = pvae.models.SequenceVAE(msa.length, latent_dim=2, hidden_dims=(16,))
+    # any program over the codes: here pvae.VAE with a categorical likelihood per position
+    program = pvae.VAE(msa.length, latent_dim=2, hidden_dims=(16,), likelihood="categorical",
+                       likelihood_kwargs={"cardinalities": [21] * msa.length})
     family = msa.codes.repeat(40, 1)
-    pvae.fit(program, family, epochs=60, batch_size=50, lr=1e-2, progress=False)
+    pvae.fit(program, family, num_epochs=60, batch_size=50, learning_rate=1e-2, progress=False)
     eff = mutation_effects(program, msa, ["A7A", "A7W", "C8W", "E10K:F11K"], num_particles=200)
     assert eff.score[0] == 0.0 and eff.stderr[0] == 0.0
     # residues never seen at their columns are far less likely than the family's
