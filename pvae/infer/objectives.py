@@ -214,15 +214,20 @@ def _is_latent(site: dict) -> bool:
     return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
 
 
-def _site_sum(site: dict) -> torch.Tensor:
+def _site_log_prob(site: dict) -> torch.Tensor:
+    """The site's masked log-density, elementwise over its batch shape."""
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         lp = torch.where(site["mask"], lp, lp.new_zeros(()))
-    return lp.sum()
+    return lp
 
 
-def _scaled(scale: Any, value: torch.Tensor) -> torch.Tensor:
-    return value if isinstance(scale, float) and scale == 1.0 else scale * value
+def _scaled(scale: Any, log_prob: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """The site's scaled total: ``total`` itself for scale 1, ``scale * total`` for a
+    number, and ``(scale * log_prob).sum()`` for a tensor scale (per-datum weights)."""
+    if isinstance(scale, torch.Tensor):
+        return (scale * log_prob).sum()
+    return total if scale == 1.0 else scale * total
 
 
 def _elbo_terms_from_traces(
@@ -242,10 +247,11 @@ def _elbo_terms_from_traces(
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        lp = _site_sum(site)
+        lp_each = _site_log_prob(site)
+        lp = lp_each.sum()
         if site["is_observed"]:
             rec.append(lp)
-            rec_scaled.append(_scaled(site["scale"], lp))
+            rec_scaled.append(_scaled(site["scale"], lp_each, lp))
             continue
         q = guide_nodes.get(name)
         if q is None:
@@ -256,9 +262,10 @@ def _elbo_terms_from_traces(
         if stl:
             _check_reparameterized(name, q["fn"], "estimator='stl'")
             q = {**q, "fn": detach_distribution(q["fn"], name)}
-        lq = _site_sum(q)
+        lq_each = _site_log_prob(q)
+        lq = lq_each.sum()
         kl.append(lq - lp)
-        scaled_p, scaled_q = _scaled(site["scale"], lp), _scaled(q["scale"], lq)
+        scaled_p, scaled_q = _scaled(site["scale"], lp_each, lp), _scaled(q["scale"], lq_each, lq)
         kl_scaled.append(kl[-1] if scaled_p is lp and scaled_q is lq else scaled_q - scaled_p)
     if not rec:
         raise ValueError("the model has no observed sample site: nothing to fit. Pass the data as obs=.")

@@ -16,6 +16,7 @@ from .multimodal import MultimodalVAE
 from .profile import SiteIndependentModel
 from .oracles import BetaBernoulliCoin, LinearGaussian
 from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorical_kl
+from .sequence import SequenceVAE
 from .sequential import SequentialVAE
 from .ssvae import SemiSupervisedVAE
 
@@ -42,6 +43,7 @@ __all__ = [
     "RelaxedCategoricalVAE",
     "SemiSupervisedVAE",
     "SiteIndependentModel",
+    "SequenceVAE",
     "SequentialVAE",
     "SupportError",
     "as_program",
