@@ -16,7 +16,7 @@ from .multimodal import MultimodalVAE
 from .profile import SiteIndependentModel
 from .oracles import BetaBernoulliCoin, LinearGaussian
 from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorical_kl
-from .sequence import SequenceVAE
+from .sequence import SequenceLogits, SequenceVAE
 from .sequential import SequentialVAE
 from .ssvae import SemiSupervisedVAE
 
@@ -42,9 +42,10 @@ __all__ = [
     "Program",
     "RelaxedCategoricalVAE",
     "SemiSupervisedVAE",
-    "SiteIndependentModel",
+    "SequenceLogits",
     "SequenceVAE",
     "SequentialVAE",
+    "SiteIndependentModel",
     "SupportError",
     "as_program",
     "categorical_kl",

@@ -288,7 +288,9 @@ class _Categorical(Likelihood):
 
     The decoder gives ``sum(cardinalities)`` logits; they are laid out in a
     ``(..., input_dim, max_cardinality)`` tensor with impossible categories
-    padded by a large negative logit.
+    padded by a large negative logit. When every feature has the same
+    cardinality (the positions of a sequence alignment) nothing is padded: the
+    logits are a view of the decoder's output.
     """
 
     name = "categorical"
@@ -303,7 +305,11 @@ class _Categorical(Likelihood):
             )
         cards = torch.as_tensor(list(cardinalities), dtype=torch.long)
         width = int(cards.max())
-        self.support_text = f"integers 0..cardinality-1 (cardinalities {list(cardinalities)})"
+        self._uniform = bool((cards == width).all())
+        self.support_text = (
+            f"integers 0..cardinality-1 (cardinality {width} for every feature)" if self._uniform
+            else f"integers 0..cardinality-1 (cardinalities {list(cardinalities)})"
+        )
         valid = torch.arange(width).expand(input_dim, width) < cards[:, None]
         self.register_buffer("cardinalities", cards, persistent=False)
         self.register_buffer("_slot", valid.flatten().nonzero().squeeze(-1), persistent=False)
@@ -314,9 +320,10 @@ class _Categorical(Likelihood):
         return int(self.cardinalities.sum())
 
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
-        flat = raw.new_full((*raw.shape[:-1], self.input_dim * self._width), -1e9)
-        flat = flat.index_copy(-1, self._slot, raw)
-        return dist.Categorical(logits=flat.unflatten(-1, (self.input_dim, self._width)))
+        if not self._uniform:
+            flat = raw.new_full((*raw.shape[:-1], self.input_dim * self._width), -1e9)
+            raw = flat.index_copy(-1, self._slot, raw)
+        return dist.Categorical(logits=raw.unflatten(-1, (self.input_dim, self._width)))
 
     def point(self, d: dist.TorchDistribution) -> torch.Tensor:
         return d.probs.argmax(-1).to(torch.get_default_dtype())

@@ -49,21 +49,28 @@ def mlp(
     hidden_dims: Sequence[int],
     out_dim: int | None = None,
     activation: Activation = "relu",
+    dropout: float = 0.0,
 ) -> nn.Sequential:
     """A multilayer perceptron ``in_dim -> hidden_dims... -> out_dim``.
 
-    Hidden layers are followed by ``activation``; the output layer (if
-    ``out_dim`` is given) is linear.
+    Hidden layers are followed by ``activation`` (and, with ``dropout > 0``, by
+    ``nn.Dropout(dropout)``, active in ``train()`` mode only); the output layer
+    (if ``out_dim`` is given) is linear.
 
     :param int in_dim: input features.
     :param hidden_dims: widths of the hidden layers (may be empty).
     :param out_dim: width of a final linear layer, or None for none.
     :param str activation: one of relu, tanh, elu, softplus, gelu, silu.
+    :param float dropout: probability of zeroing a hidden unit, in ``[0, 1)``. Default 0 (none).
     """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
     layers: list[nn.Module] = []
     width = in_dim
     for h in hidden_dims:
         layers += [nn.Linear(width, int(h)), _activation(activation)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
         width = int(h)
     if out_dim is not None:
         layers.append(nn.Linear(width, out_dim))

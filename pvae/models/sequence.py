@@ -9,16 +9,36 @@
 
 over sequences :math:`x \\in \\{0..A-1\\}^L` coded over
 :data:`pvae.data.ALPHABET` (20 amino acids and the gap). Training maximises
-the weighted ELBO of DeepSequence, :math:`\\sum_i w_i \\mathrm{ELBO}(x_i)`
+the weighted ELBO of DeepSequence,
+
+.. math::
+
+    \\mathcal L = \\sum_i w_i\\, \\mathrm{ELBO}(x_i),
+
 with the sequence weights :math:`w_i` of :func:`pvae.data.sequence_weights`
-as a per-datum ``poutine.scale`` of the data plate; per-datum bounds
-(:func:`pvae.infer.iwae_bound`, :func:`pvae.analysis.mutation_effects`) stay
-unweighted, as everywhere in pvae.
+(one over the number of neighbours of :math:`x_i`) as a per-datum
+``poutine.scale`` of the data plate. Per-datum bounds
+(:func:`pvae.infer.elbo`, :func:`pvae.infer.iwae_bound`,
+:func:`pvae.infer.log_evidence`, :func:`pvae.analysis.mutation_effects`) are
+unweighted, as everywhere in pvae: a weight says how much a sequence counts in
+training, not how likely it is.
 
 Kept from the papers: the categorical likelihood per position, the one-hot
-encoder, the weights. Not implemented: DeepSequence's structured output layer
-(low-rank dictionary, grouped sparsity, learned temperature), decoder dropout
-and the variational prior on decoder weights; a dense output layer is used.
+encoder, the weighted ELBO, and as options DeepSequence's structured output
+layer (:class:`SequenceLogits`: a dictionary over the alphabet, grouped
+sparsity gates, a learned temperature) and EVE's decoder dropout. The
+defaults are a dense output layer without dropout: both papers pair the
+structured layer with a variational prior on the decoder weights, and it is
+that prior which makes the parts count (it shrinks the weights, which the
+temperature then rescales, and pulls the gates towards sparsity). With point
+estimates of the weights, as here, a dictionary of ``rank >= alphabet_size``
+reparameterises the same function class, the temperature is redundant with
+the weights' scale and the gates are not pushed towards zero; a ``rank`` below
+the alphabet is a true low-rank constraint (``H L C + C A`` weights instead of
+``H L A``). ``pvae.fit(..., weight_decay=...)`` (a Gaussian prior's MAP
+estimate) restores part of the prior's role. Not implemented: the variational
+posterior over decoder weights, a global latent, which pvae's per-datum bounds
+exclude (every latent sits in the data plate).
 
 References
 
@@ -26,34 +46,120 @@ References
    genetic variation capture the effects of mutations. Nature Methods 15, 2018.
 2. J. Frazer et al. Disease variant prediction with deep generative models of
    evolutionary data. Nature 599, 2021.
+3. N. Srivastava, G. Hinton, A. Krizhevsky, I. Sutskever, R. Salakhutdinov.
+   Dropout: a simple way to prevent neural networks from overfitting. JMLR 15, 2014.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
+from torch import nn
 
-from ..inputs import DataError
+from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import make_likelihood
 from .nets import Activation, NormalHead, diagonal_normal, mlp
 from .registry import Example, register_model
 from .vae import _check_dim, _StandardNormalLatent
 
-__all__ = ["SequenceVAE"]
+__all__ = ["SequenceLogits", "SequenceVAE"]
+
+
+class SequenceLogits(nn.Module):
+    """The output layer of a sequence decoder: hidden units to per-position logits.
+
+    For hidden units :math:`h \\in \\mathbb R^H`, position :math:`l` and letter
+    :math:`a`,
+
+    .. math::
+
+        \\ell_{la}(h) = \\tau \\Big(\\sum_{k=1}^H W_{lak}\\, h_k + b_{la}\\Big), \\qquad
+        W_{lak} = \\sigma(S_{l, g(k)}) \\sum_{c=1}^C D_{ca}\\, V_{lck},
+
+    DeepSequence's structured layer [1]: a dictionary :math:`D \\in \\mathbb
+    R^{C \\times A}` over the alphabet shared by every position (``rank`` =
+    :math:`C`; with ``rank=None`` the layer is dense, :math:`W` itself is the
+    parameter), sparsity gates :math:`\\sigma(S)` shared by each group
+    :math:`g(k) = \\lfloor k / \\text{group size} \\rfloor` of hidden units at
+    each position (:math:`S \\in \\mathbb R^{L \\times H/\\text{group size}}`,
+    ``sparsity_group_size=0``: all gates 1), and a temperature
+    :math:`\\tau = \\mathrm{softplus}(\\lambda)`, learned from
+    :math:`\\tau = 1` (``temperature=False``: :math:`\\tau = 1` fixed). EVE [2]
+    keeps the same layer. Output: ``(..., length * alphabet_size)`` logits,
+    position-major (the raw outputs of the ``"categorical"`` likelihood).
+
+    :param int in_dim: hidden units :math:`H`.
+    :param int length: positions :math:`L`.
+    :param int alphabet_size: letters :math:`A`.
+    :param rank: dictionary size :math:`C`, or None for a dense layer. Default None.
+    :param int sparsity_group_size: hidden units per gate (DeepSequence: 4);
+        must divide ``in_dim``. Default 0 (no gates).
+    :param bool temperature: learn :math:`\\tau`. Default False.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        length: int,
+        alphabet_size: int,
+        rank: int | None = None,
+        sparsity_group_size: int = 0,
+        temperature: bool = False,
+    ) -> None:
+        super().__init__()
+        in_dim = _check_dim("in_dim", in_dim)
+        length, alphabet_size = _check_dim("length", length), _check_dim("alphabet_size", alphabet_size)
+        if sparsity_group_size and in_dim % _check_dim("sparsity_group_size", sparsity_group_size):
+            raise ValueError(
+                f"sparsity_group_size must divide the decoder's last hidden width {in_dim}, got "
+                f"{sparsity_group_size!r}. Try 0 (no gates) or a divisor such as 4."
+            )
+        self.length, self.alphabet_size, self.sparsity_group_size = length, alphabet_size, int(sparsity_group_size)
+        self.rank = None if rank is None else _check_dim("rank", rank)
+        # nn.Linear's initialisation (dense: the very same draws); V D keeps its scale, as the
+        # columns of D have unit norm on average
+        bound = 1 / math.sqrt(in_dim)
+        width = alphabet_size if rank is None else self.rank
+        self.weight = nn.Parameter(torch.empty(length, width, in_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(length, alphabet_size).uniform_(-bound, bound))
+        self.dictionary = (None if rank is None
+                           else nn.Parameter(torch.randn(self.rank, alphabet_size) / math.sqrt(self.rank)))
+        groups = in_dim // self.sparsity_group_size if self.sparsity_group_size else 0
+        self.gate_logits = nn.Parameter(torch.zeros(length, groups)) if groups else None
+        # softplus(log(e - 1)) = 1: the temperature starts at 1
+        self.raw_temperature = nn.Parameter(torch.tensor(math.log(math.e - 1))) if temperature else None
+
+    def full_weight(self) -> torch.Tensor:
+        """The effective :math:`W`: ``(length, alphabet_size, in_dim)``."""
+        w = self.weight if self.dictionary is None else self.dictionary.T @ self.weight
+        if self.gate_logits is not None:
+            w = w * torch.sigmoid(self.gate_logits).repeat_interleave(self.sparsity_group_size, -1).unsqueeze(-2)
+        return w
+
+    def temperature(self) -> torch.Tensor | float:
+        """:math:`\\tau`: ``softplus(raw_temperature)``, or 1 when not learned."""
+        return 1.0 if self.raw_temperature is None else F.softplus(self.raw_temperature)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(h, self.full_weight().flatten(0, 1), self.bias.flatten())
+        return logits if self.raw_temperature is None else self.temperature() * logits
 
 
 def _example() -> Example:
     x = torch.randint(0, 4, (8, 5))
-    return Example({"length": 5, "alphabet_size": 4, "latent_dim": 2, "hidden_dims": (8,)},
-                   (x, torch.rand(8)))
+    kwargs = {"length": 5, "alphabet_size": 4, "latent_dim": 2, "hidden_dims": (8,), "rank": 3,
+              "sparsity_group_size": 2, "temperature": True, "dropout": 0.1}
+    return Example(kwargs, (x, torch.rand(8) + 0.1))
 
 
 @register_model("sequence_vae", example=_example)
@@ -61,19 +167,43 @@ class SequenceVAE(_StandardNormalLatent):
     """A VAE of fixed-length categorical sequences (an alignment's focus columns).
 
     ``model(x, weights=None)`` / ``guide(x, weights=None)``: ``x`` is ``(batch,
-    length)`` integer codes (``msa.codes``), ``weights`` an optional
-    ``(batch,)`` per-sequence scale of the training objective (``msa.weights``).
-    Latent at site ``"z"``, observations at ``"x"`` in ``pyro.plate("data", dim=-1)``.
+    length)`` integer codes in ``0..alphabet_size-1`` (``msa.codes`` of
+    :func:`pvae.data.load_msa`), ``weights`` optional ``(batch,)`` positive
+    sequence weights (``msa.weights``), a ``poutine.scale`` of every data-plate
+    site in model and guide, so that training objectives maximise
+    :math:`\\sum_i w_i \\mathrm{ELBO}(x_i)` while per-datum bounds ignore them.
+    Latent at site ``"z"``, observations at ``"x"`` in
+    ``pyro.plate("data", dim=-1)``. Train with ``pvae.fit(vae, (msa.codes,
+    msa.weights))``. See the module docstring for the choices kept from
+    DeepSequence and EVE.
 
-    :param int length: focus columns L.
-    :param int alphabet_size: letters A. Default 21 (:data:`pvae.data.ALPHABET`).
+    Networks: the encoder is an :func:`~pvae.models.mlp` on the flattened
+    one-hot sequence (``length * alphabet_size`` inputs) with a diagonal-Normal
+    head; the decoder an mlp from ``z`` (with ``dropout`` after each hidden
+    layer) followed by a :class:`SequenceLogits` output layer. Dropout is active
+    in ``train()`` mode only; :func:`pvae.fit` leaves the program in ``eval()``
+    mode, so bounds evaluated after it see a deterministic decoder (a freshly
+    built module is in ``train()`` mode: call ``.eval()`` before evaluating one
+    with dropout).
+
+    :param int length: positions (focus columns) :math:`L`.
+    :param int alphabet_size: letters :math:`A`. Default 21 (:data:`pvae.data.ALPHABET`).
     :param int latent_dim: dimension of ``z``. Default 16.
-    :param hidden_dims: encoder widths; the decoder mirrors them. Default ``(512, 256)``.
+    :param hidden_dims: encoder widths; the decoder mirrors them unless
+        ``decoder_hidden_dims`` is given. Default ``(256, 128)``.
     :param float beta: weight of the KL term. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: decoder widths, if not the mirror.
+    :param rank: dictionary size :math:`C` of the structured output layer
+        (DeepSequence: 40), or None for a dense layer. Default None.
+    :param int sparsity_group_size: decoder hidden units per sparsity gate
+        (DeepSequence: 4), or 0 for none. Default 0.
+    :param bool temperature: learn an output temperature. Default False.
+    :param float dropout: dropout probability of the decoder's hidden layers
+        (EVE: 0.1). Default 0.
     """
 
+    #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
     data_kinds = ("labels", "features")
     data_names = ("x", "weights")
 
@@ -82,10 +212,15 @@ class SequenceVAE(_StandardNormalLatent):
         length: int,
         alphabet_size: int = 21,
         latent_dim: int = 16,
-        hidden_dims: Sequence[int] = (512, 256),
+        hidden_dims: Sequence[int] = (256, 128),
         beta: float = 1.0,
         activation: Activation = "relu",
         decoder_hidden_dims: Sequence[int] | None = None,
+        *,
+        rank: int | None = None,
+        sparsity_group_size: int = 0,
+        temperature: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(latent_dim, beta)
         self.length, self.alphabet_size = _check_dim("length", length), _check_dim("alphabet_size", alphabet_size)
@@ -95,31 +230,56 @@ class SequenceVAE(_StandardNormalLatent):
         self.likelihood = make_likelihood("categorical", self.length, cardinalities=[self.alphabet_size] * self.length)
         self.encoder_body = mlp(enc_in, hidden_dims, activation=activation)
         self.encoder_head = NormalHead(hidden_dims[-1] if hidden_dims else enc_in, self.latent_dim)
-        self.decoder = mlp(self.latent_dim, dec_hidden, self.likelihood.output_dim, activation=activation)
+        body = mlp(self.latent_dim, dec_hidden, activation=activation, dropout=dropout)
+        self.decoder = body.append(SequenceLogits(dec_hidden[-1] if dec_hidden else self.latent_dim, self.length,
+                                                  self.alphabet_size, rank, sparsity_group_size, temperature))
 
     def validate(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Check codes and weights; called by the model when Pyro validation is on.
+        """Check codes and weights; called by model and guide when Pyro validation
+        is on, and once on the whole data by :func:`pvae.fit`.
 
-        :raises DataError: on a wrong shape (one-hot given instead of codes
-            included), codes outside ``0..alphabet_size-1`` (a SupportError), or
-            negative / mis-shaped weights.
+        :raises DataError: on a wrong shape (a one-hot given instead of codes
+            included) or dtype, codes outside ``0..alphabet_size-1`` (a
+            :class:`~pvae.models.SupportError`), or weights that are not
+            ``(batch,)``, finite and positive.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.length:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        L, A = self.length, self.alphabet_size
+        if not isinstance(x, torch.Tensor):
+            raise DataTypeError(f"x must be a tensor of integer codes, got {type(x).__name__}. Try msa.codes.")
+        shape = tuple(x.shape)
+        if x.dim() == 3 or (x.dim() == 2 and shape[1] == L * A):
             raise DataError(
-                f"x must be integer codes of shape (batch, {self.length}), got {shape}. "
-                "Try msa.codes (pvae.data.load_msa), not its one-hot."
+                f"x must be integer codes of shape (batch, {L}), got shape {shape}, a one-hot: pass integer codes, "
+                "e.g. msa.codes, not its one-hot (x.argmax(-1) converts one)."
             )
-        self.likelihood.check(x)
-        if weights is not None and (weights.shape != x.shape[:1] or bool((weights < 0).any())):
+        if x.dim() != 2 or shape[1] != L:
             raise DataError(
-                f"weights must be non-negative with shape ({x.shape[0]},), got shape {tuple(weights.shape)}. "
-                "Try msa.weights."
+                f"x must be integer codes of shape (batch, {L}), got shape {shape}. This model was built for "
+                f"length={L}; try SequenceVAE(msa.length) for another alignment."
+            )
+        if x.is_floating_point() or x.dtype == torch.bool:
+            raise DataTypeError(f"x must hold integer codes, got dtype {x.dtype}. Try x.long().")
+        self.likelihood.check(x)
+        if weights is None:
+            return
+        if not isinstance(weights, torch.Tensor) or weights.shape != shape[:1]:
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            raise DataError(
+                f"weights must have shape ({shape[0]},), one per sequence of x, got {got}. Try msa.weights."
+            )
+        bad = ~(torch.isfinite(weights) & (weights > 0))
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise DataError(
+                f"weights must be non-negative, finite and non-zero (Pyro's poutine.scale needs scale > 0); "
+                f"{int(bad.sum())} are not, e.g. weights[{i}] = {weights[i].item():g}. "
+                "Try msa.weights, or drop the sequences of weight 0."
             )
 
-    def _weighted(self, weights: torch.Tensor | None):
+    def _weighted(self, weights: torch.Tensor | None) -> contextlib.AbstractContextManager:
         return poutine.scale(scale=weights) if weights is not None else contextlib.nullcontext()
 
+    # -- the program ---------------------------------------------------------
     @pyro_method
     def model(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """p(x, z): prior, decoder, a categorical per position. Returns the latent sample."""
@@ -134,30 +294,45 @@ class SequenceVAE(_StandardNormalLatent):
     @pyro_method
     def guide(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """q(z | x): the amortised encoder of the one-hot sequence. Returns the latent sample."""
+        if is_validation_enabled():  # the guide runs first: its one-hot would fail on bad codes
+            self.validate(x, weights)
         loc, scale = self.encode(x)
         with pyro.plate(DATA_PLATE, x.shape[0], dim=-1), self._weighted(weights):
             with self._beta_scaled():
                 return pyro.sample(LATENT_SITE, diagonal_normal(loc, scale))
 
+    # -- conveniences --------------------------------------------------------
     def encode(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parameters of q(z | x): ``(loc, scale)``, each ``(batch, latent_dim)`` (``weights`` unused)."""
+        """Parameters of q(z | x): ``(loc, scale)``, each ``(batch, latent_dim)``.
+        ``weights`` are ignored (accepted so that ``encode(*data)`` works)."""
         nets = self._modules
-        onehot = torch.nn.functional.one_hot(x.long(), self.alphabet_size).flatten(-2)
-        return nets["encoder_head"](nets["encoder_body"](onehot.to(self.prior_loc.dtype)))
+        # F.one_hot would read the codes' maximum into Python (no graph capture); validate checks the range
+        onehot = x.unsqueeze(-1) == torch.arange(self.alphabet_size, device=x.device)
+        return nets["encoder_head"](nets["encoder_body"](onehot.flatten(-2).to(self.prior_loc.dtype)))
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder logits, ``(*z.shape[:-1], length, alphabet_size)``; a softmax over
+        the last dim gives each position's letter probabilities."""
+        return self._modules["decoder"](z).unflatten(-1, (self.length, self.alphabet_size))
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | z): batch shape ``z.shape[:-1]``, event shape ``(length,)`` over codes."""
+        """p(x | z): batch shape ``z.shape[:-1]``, event shape ``(length,)`` over int64 codes."""
         nets = self._modules
         return nets["likelihood"](nets["decoder"](z)).to_event(1)
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = False) -> torch.Tensor:
-        """``(num_samples, length)`` int64 codes from the prior (the most likely letter per position if ``mean``)."""
-        px = self.decode(self._prior().sample((num_samples,)))
-        return px.base_dist.probs.argmax(-1) if mean else px.sample()
+        """Draw sequences from the model: int64 codes ``(num_samples, length)``.
+
+        :param int num_samples: sequences, each from its own ``z ~ p(z)``.
+        :param bool mean: take the most likely letter per position given ``z``
+            instead of drawing one.
+        """
+        z = self._prior().sample((num_samples,))
+        return self.logits(z).argmax(-1) if mean else self.decode(z).sample()
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The most likely letter per position at the encoder mean: int64 codes, shape of ``x``."""
         loc, _ = self.encode(x)
-        return self.decode(loc).base_dist.probs.argmax(-1)
+        return self.logits(loc).argmax(-1)
