@@ -31,7 +31,7 @@ from hypothesis.extra import numpy as hnp
 
 import pvae
 from pvae import DataError, DataTypeError
-from pvae.data import IHDP_COLUMNS, check_data, load_csv, load_ihdp, load_mnist
+from pvae.data import ALPHABET, AMINO_ACIDS, IHDP_COLUMNS, check_data, load_csv, load_ihdp, load_mnist, load_msa
 from pvae.inputs import DATA_KINDS, as_data, as_data_args, as_data_tuple
 from pvae.models import LIKELIHOODS, ModelGuidePair
 from pvae.models.likelihoods import SupportError
@@ -912,3 +912,60 @@ def test_load_ihdp_infinite_values(tmp_path):
         file.write_text(_ihdp_line() + _ihdp_line(**{column: cell}))
         with pytest.raises(DataError, match=rf"inf\.csv: column '{column}' holds .* at row 1; expected finite"):
             load_ihdp(file)
+
+
+# ---------------------------------------------------------------- load_msa: A2M files
+A2M_CORRUPTIONS = ["none", "flip", "truncate", "junk", "ragged", "unknown letter", "empty", "header only"]
+
+
+@st.composite
+def a2m_files(draw):
+    """An A2M alignment (focus record first: upper case and ``-`` are focus columns,
+    lower case and ``.`` insertions), the codes it must read as, and a corruption."""
+    n, width = draw(st.integers(1, 4)), draw(st.integers(1, 8))
+    focus_chars = st.sampled_from(list(AMINO_ACIDS + "-" + AMINO_ACIDS.lower() + "."))
+    focus = draw(st.lists(focus_chars, min_size=width, max_size=width))
+    assume(any(ch.isupper() for ch in focus))
+    rows = [focus] + [draw(st.lists(st.sampled_from(list(ALPHABET + AMINO_ACIDS.lower() + ".")),
+                                    min_size=width, max_size=width)) for _ in range(n - 1)]
+    columns = [j for j, ch in enumerate(focus) if ch.isupper() or ch == "-"]
+    codes = [[ALPHABET.index(row[j].upper()) if row[j] != "." else len(AMINO_ACIDS) for j in columns] for row in rows]
+    how = draw(st.sampled_from(A2M_CORRUPTIONS))
+    if how == "ragged":
+        assume(n >= 2)
+        i = draw(st.integers(1, n - 1))
+        rows[i] = rows[i] + [draw(st.sampled_from(list(AMINO_ACIDS)))]
+    elif how == "unknown letter":
+        rows[draw(st.integers(0, n - 1))][draw(st.sampled_from(columns))] = draw(st.sampled_from(list("*1?_#~")))
+    wrap = draw(st.integers(1, 8))  # FASTA line width
+    text = "".join(f">seq{i}/1-{width}\n" + "".join("".join(row[k:k + wrap]) + "\n" for k in range(0, len(row), wrap))
+                   for i, row in enumerate(rows))
+    raw = text.encode()
+    if how == "empty":
+        raw = b""
+    elif how == "header only":
+        raw = b">focus/1-9\n" + b"".join(f">seq{i}\nACD\n".encode() for i in range(n - 1))
+    return _corrupt_bytes(draw, raw, how), torch.tensor(codes), how
+
+
+@FAST
+@given(case=a2m_files())
+def test_load_msa_corrupted(case):
+    """load_msa on a valid A2M file reads exactly its focus columns; on byte flips,
+    truncation, junk (non-UTF-8, NUL, quotes, CR), ragged rows, an unknown letter in
+    a focus column, an empty file or a focus record without sequence it returns a
+    sane MSA or raises a DataError naming the file."""
+    raw, codes, how = case
+    msa, err = _load_written(raw, "family.a2m", lambda folder, file: load_msa(file))
+    if how == "none":
+        assert err is None, err
+        assert torch.equal(msa.codes, codes)
+        assert torch.allclose(msa.weights, pvae.data.sequence_weights(codes, 0.8))
+    elif how in ("ragged", "unknown letter", "empty", "header only"):
+        assert err is not None, f"{how}: read {msa.codes!r}"
+    if msa is not None:
+        assert msa.codes.dtype == torch.long and msa.codes.dim() == 2 and len(msa) >= 1
+        assert bool(((msa.codes >= 0) & (msa.codes < len(ALPHABET))).all())
+        assert msa.weights.shape == (len(msa),) and bool((msa.weights >= 0).all() & (msa.weights <= 1).all())
+        assert float(msa.weights[0]) > 0  # the focus record has residues; only all-gap records weigh 0
+        assert msa.positions.shape == (msa.length,)

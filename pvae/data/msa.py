@@ -158,7 +158,7 @@ def _read_records(file: Path) -> list[tuple[str, str]]:
 
 def _code_table(nonstandard: str) -> np.ndarray:
     """Byte -> code: amino acids (either case) 0..19, ``-`` and ``.`` the gap,
-    non-standard letters -2 (or the gap), anything else -1."""
+    non-standard letters -2 (or the gap); the reader rejects any other byte first."""
     table = np.full(256, -1, dtype=np.int64)
     for i, letter in enumerate(AMINO_ACIDS):
         table[ord(letter)] = table[ord(letter.lower())] = i
@@ -193,7 +193,8 @@ def load_msa(
     :returns: :class:`MSA`.
     :raises FileNotFoundError: if the file is missing.
     :raises DataError: on no records, a record of another length (ragged rows),
-        an unknown character, an empty focus sequence, or no focus column,
+        a character other than a letter, ``-`` or ``.``, an empty or all-gap
+        focus sequence, or no focus column,
         naming the record.
     """
     if nonstandard not in ("drop", "gap", "error"):
@@ -220,18 +221,18 @@ def load_msa(
     raw = np.frombuffer("".join(seq for _, seq in records).encode("ascii", "replace"), dtype=np.uint8)
     raw = raw.reshape(len(records), width)
     focus_bytes = raw[0]
+    letter = ((raw | 0x20) >= ord("a")) & ((raw | 0x20) <= ord("z"))
+    stray = ~(letter | (raw == ord(GAP)) | (raw == ord(".")))
+    if stray.any():
+        row, col = (int(i) for i in np.argwhere(stray)[0])
+        raise DataError(
+            f"{file}: record {row + 1} ({records[row][0]!r}) has {chr(raw[row, col])!r} in alignment column "
+            f"{col + 1}, not a letter, '-' or '.'. Try an A2M / aligned FASTA file (letters, '-' and '.' only)."
+        )
     columns = np.flatnonzero(((focus_bytes >= ord("A")) & (focus_bytes <= ord("Z"))) | (focus_bytes == ord(GAP)))
     if columns.size == 0:
         raise DataError(f"{file}: the first record has no upper-case or '-' column, so no focus column.")
     codes = _code_table(nonstandard)[raw[:, columns]]
-    unknown = codes == -1
-    if unknown.any():
-        row, col = (int(i) for i in np.argwhere(unknown)[0])
-        raise DataError(
-            f"{file}: record {row + 1} ({records[row][0]!r}) has {chr(raw[row, columns[col]])!r} in focus "
-            f"column {col + 1}, not an amino acid, gap or IUPAC letter. Try an alignment over "
-            f"{AMINO_ACIDS}, '-' and '.'."
-        )
     odd = codes == -2
     if odd.any():
         if nonstandard == "error" or odd[0].any():
@@ -244,6 +245,11 @@ def load_msa(
         keep = ~odd.any(1)
         codes, records = codes[keep], [r for r, k in zip(records, keep) if k]
     residues = "".join(ch for ch in focus if ch not in "-.").upper()
+    if not any(ch.isupper() for ch in focus):
+        raise DataError(
+            f"{file}: the first record ({focus_name!r}) has only gaps in its focus columns; it must be the "
+            "focus sequence (the wild type). Try an alignment whose first record is the query."
+        )
     match = _HEADER_RANGE.search(focus_name)
     start = int(match.group(1)) if match else 1
     is_residue = np.array([ch not in "-." for ch in focus])

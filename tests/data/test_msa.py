@@ -134,10 +134,13 @@ def test_subset_keeps_or_recomputes_weights(tmp_path):
     "text, match",
     [
         (HAND_MADE.replace(".WWWWWFGHIKy", ".WWWWWFGHIK"), r"record 5 \('b2'\) has 11 alignment columns, the first record 12"),
-        (HAND_MADE.replace("ACDEFGHIKYw", "ACDEFGH1KYw"), r"record 3 \('a2'\) has '1' in focus column 8, not an amino acid"),
+        (HAND_MADE.replace("ACDEFGHIKYw", "ACDEFGH1KYw"), r"record 3 \('a2'\) has '1' in alignment column 9, not a letter, '-' or '.'"),
         ("ACDEF\n" + HAND_MADE, r"line 1: sequence text before the first '>' header"),
         (">focus\n\n>a\nACD\n", r"the first record \('focus'\) has no sequence"),
         (">focus\nacd\n>a\nacd\n", r"no focus column"),
+        (">focus\n-a-\n>a\nAcD\n", r"the first record \('focus'\) has only gaps in its focus columns"),
+        (">focus\nAC*D\n>a\nACcD\n", r"record 1 \('focus'\) has '\*' in alignment column 3"),  # not silently an insert
+        (">focus\nACdD\n>a\nAC\x00D\n", r"record 2 \('a'\) has '\\x00' in alignment column 3"),  # nor in one
         ("", r"no '>' records"),
         (HAND_MADE.replace("mACDEFGHIKLw", "mACDEFGXIKLw"), r"record 1 \('focus/10-21'\) has the non-standard residue 'X'"),
     ],

@@ -43,16 +43,22 @@ def test_the_weighted_loss_is_the_weights_times_the_per_datum_elbo():
 
 def test_fit_sample_and_reconstruct():
     torch.manual_seed(0)
-    # position 1 copies position 0: a dependency a profile cannot hold
+    # position 1 copies position 0: a dependency a profile cannot hold (worth log 4 nats a sequence)
     first = torch.randint(0, 4, (200, 1))
     x = torch.cat([first, first, torch.randint(0, 4, (200, 2))], 1)
     vae = SequenceVAE(4, alphabet_size=4, latent_dim=2, hidden_dims=(32,))
-    result = pvae.fit(vae, (x, torch.ones(200)), num_epochs=40, batch_size=50, learning_rate=1e-2,
-                      progress=False, seed=0)
-    assert result.history[-1]["elbo"] > result.history[0]["elbo"] + 1.0
+    pvae.fit(vae, (x, torch.ones(200)), num_epochs=60, batch_size=50, learning_rate=1e-2, progress=False, seed=0)
+    vae.eval()
+    frequencies = torch.stack([torch.bincount(column, minlength=4) for column in x.T]).float() / len(x)
+    profile = frequencies.log().gather(1, x.T).sum(0).mean()  # the best site-independent fit, exactly
+    with torch.no_grad():
+        elbo = pvae.infer.elbo(vae, x, num_particles=100).mean()
+    # the ELBO pays the code's KL (about log 4) for the log 4 gained; measured +0.93 nats at this seed,
+    # +0.76 to +0.98 at 7 of 8 seeds
+    assert float(elbo) > float(profile) + 0.5
     samples = vae.sample(500)
     assert samples.dtype == torch.int64 and samples.shape == (500, 4) and int(samples.max()) < 4
-    assert float((samples[:, 0] == samples[:, 1]).float().mean()) > 0.6  # the dependency is learned
+    assert float((samples[:, 0] == samples[:, 1]).float().mean()) > 0.6  # the dependency is learned (0.25 if not)
     assert vae.reconstruct(x[:5]).shape == (5, 4)
 
 
