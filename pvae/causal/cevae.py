@@ -132,7 +132,7 @@ from torch import nn
 
 from ..inputs import DataError, as_data
 from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
-from ..infer.capture import TrainStep
+from ..infer.capture import COMPILE_CHOICES, make_train_step
 from ..infer.engine import Callback, TrainState, minibatches, run
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
@@ -244,18 +244,14 @@ def _twin(t: torch.Tensor, inp: torch.Tensor, net1: nn.Module, net0: nn.Module) 
 
     ``t`` has the batch shape of ``inp`` (``inp.shape[:-1]``) or broadcasts to
     it; the output is a tensor or a tuple of tensors with a trailing feature
-    dim. A scalar ``t`` (an intervention) runs one head; one row per unit (the
-    training case) runs each head on its own rows only; otherwise both heads run
-    and are selected elementwise.
+    dim. A scalar ``t`` (an intervention) runs one head; otherwise both heads
+    run on every row and are selected elementwise (``torch.where``: fixed
+    shapes, so that a captured training step can hold it; each head's gradient
+    comes from its own arm's rows only).
     """
     t = t.to(torch.bool)
     if t.dim() == 0:
         return (net1 if bool(t) else net0)(inp)
-    if inp.dim() == 2 and t.shape == inp.shape[:1]:
-        i1, i0 = t.nonzero().squeeze(-1), (~t).nonzero().squeeze(-1)
-        o1, o0 = net1(inp.index_select(0, i1)), net0(inp.index_select(0, i0))
-        merge = lambda a1, a0: a1.new_zeros((t.shape[0],) + a1.shape[1:]).index_copy(0, i1, a1).index_copy(0, i0, a0)
-        return tuple(map(merge, o1, o0)) if isinstance(o1, tuple) else merge(o1, o0)
     o1, o0 = net1(inp), net0(inp)
     pick = lambda a1, a0: torch.where(t.unsqueeze(-1), a1, a0)
     return tuple(map(pick, o1, o0)) if isinstance(o1, tuple) else pick(o1, o0)
@@ -698,6 +694,7 @@ class CEVAE(PyroModule):
         patience: int | None = None,
         early_stopping: Literal["elbo", "outcome", "outcome_per_arm"] = "elbo",
         seed: int | None = None,
+        compile: bool | Literal["graph", "inductor", "auto"] = False,
     ) -> list[float]:
         """Fit by stochastic variational inference with :class:`CEVAEObjective`.
 
@@ -760,6 +757,10 @@ class CEVAE(PyroModule):
             screening runs the treated network was kept from epochs 5-30, the
             control network from epochs 20-560). Default ``"elbo"``.
         :param int seed: seed for Pyro, torch and numpy before training.
+        :param compile: capture the training step once and replay it, as
+            :func:`pvae.fit` does (:func:`pvae.infer.capture.make_train_step`):
+            ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"`` or
+            ``"auto"``. The last partial batch of an epoch runs eagerly. Default False.
         :returns: the loss per datum of every step (Pyro's return value).
         :raises ValueError: on bad data or options, before anything is trained.
         """
@@ -779,6 +780,8 @@ class CEVAE(PyroModule):
             raise ValueError(f"early_stopping must be one of {list(_EARLY_STOPPING)}, got {early_stopping!r}.")
         if patience is not None and (int(patience) != patience or patience < 1):
             raise ValueError(f"patience must be a positive integer or None, got {patience!r}.")
+        if compile not in COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
+            raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}.")
         if seed is not None:
             pyro.set_rng_seed(seed)
         valid = None
@@ -798,7 +801,8 @@ class CEVAE(PyroModule):
         self._set_standardisation(x, y, t)
         self.fitted.fill_(True)
         return self._train(x, t, y, valid, int(num_epochs), int(batch_size), float(learning_rate),
-                           float(learning_rate_decay), float(weight_decay), int(log_every), patience, early_stopping)
+                           float(learning_rate_decay), float(weight_decay), int(log_every), patience, early_stopping,
+                           compile)
 
     def _check_fit_inputs(self, x, t, y, name: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if t is None or y is None:
@@ -811,7 +815,7 @@ class CEVAE(PyroModule):
             raise
 
     def _train(self, x, t, y, valid, num_epochs, batch_size, lr, lr_decay, weight_decay, log_every, patience,
-               criterion) -> list[float]:
+               criterion, compile) -> list[float]:
         """Train on pvae's engine (:func:`pvae.infer.engine.run`): the full-data
         objective's step, Adam with a per-step exponential learning-rate decay, the
         divergence guard, and CEVAE's own validation (:class:`_CEVAEValidation`)."""
@@ -825,7 +829,8 @@ class CEVAE(PyroModule):
         self.train()
         with torch.no_grad():  # Pyro's checks (if enabled) once, on the first batch; then off for speed
             objective(self.model, self.guide, (x[:batch_size], t[:batch_size], y[:batch_size]), {"size": n})
-        step = TrainStep(self, objective, params, kwargs={"size": n}, data_size=n)
+        step = make_train_step(compile, self, objective, params, num_steps=num_epochs * steps_per_epoch,
+                               kwargs={"size": n}, data_size=n)
         state = TrainState(self, objective, params, optimizer, step, num_epochs, steps_per_epoch,
                            history=self.training_history)
         log = _StepLosses(n, log_every)

@@ -61,7 +61,7 @@ CaptureMode = Literal["graph", "inductor"]
 CAPTURE_MODES: tuple[str, ...] = ("graph", "inductor")
 
 __all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureWarning", "CapturedFunction", "CapturedStep", "TrainStep",
-           "trace_graph"]
+           "make_train_step", "trace_graph"]
 
 
 class CaptureWarning(UserWarning):
@@ -272,12 +272,12 @@ class CapturedStep(TrainStep):
         self.captures += 1
         if self.verbose:
             what = "captured and compiled" if self.mode == "inductor" else "captured"
-            print(f"pvae.fit: {what} the training step ({self.mode}) in {self.capture_seconds:.1f} s")
+            print(f"pvae: {what} the training step ({self.mode}) in {self.capture_seconds:.1f} s")
 
     def _fall_back(self, reason: str, site: str | None) -> None:
         self.fallback = reason + (f" (at sample site {site!r})" if site else "")
         warnings.warn(
-            f"pvae.fit(compile=...): the training step runs eagerly: {self.fallback}. Nothing is lost "
+            f"pvae (compile=...): the training step runs eagerly: {self.fallback}. Nothing is lost "
             "but speed; compile=False silences this.",
             CaptureWarning,
             stacklevel=user_stacklevel(),
@@ -327,6 +327,52 @@ class CapturedStep(TrainStep):
                                 "not static (its Python state or structure changes between calls)", None)
             self._graph = None  # the program changed: capture it again on the next full batch
         return eager
+
+
+
+# A captured graph pays for its capture (0.2-0.5 s) after 150-700 steps on MNIST-8k and
+# the digits (benchmarks/train_speed.py and iwae_speed.py: capture seconds / seconds
+# saved per step); compile="auto" captures runs of at least this many steps.
+AUTO_COMPILE_MIN_STEPS = 1000
+# ... and keeps the graph only if its replay beats the eager step, timed over this many
+# steps of each (it does not always: IWAE K=5 on MNIST-8k replays at 1.1x eager)
+AUTO_COMPILE_MEASURE = 10
+COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
+
+
+def make_train_step(
+    compile: bool | Literal["graph", "inductor", "auto"],
+    program: Any,
+    objective: Objective,
+    params: Sequence[torch.Tensor],
+    *,
+    num_steps: int | None = None,
+    kwargs: dict[str, Any] | None = None,
+    data_size: int | None = None,
+) -> TrainStep:
+    """The training step a ``compile=`` option asks for (:func:`pvae.fit`, :meth:`pvae.causal.CEVAE.fit`).
+
+    :param compile: ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"``
+        (:class:`CapturedStep`), or ``"auto"``: captured if ``num_steps`` is at
+        least ``AUTO_COMPILE_MIN_STEPS`` and kept only if its replay is faster
+        than eager over ``AUTO_COMPILE_MEASURE`` steps of each.
+    :param int num_steps: the run's expected number of steps (None: unknown,
+        so ``"auto"`` stays eager).
+    :param kwargs: as for :class:`TrainStep`.
+    :param data_size: as for :class:`TrainStep`.
+    :raises ValueError: on another ``compile`` value.
+    """
+    if compile not in COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
+        raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}.")
+    measure = 0
+    if compile == "auto":
+        compile = "graph" if num_steps is not None and num_steps >= AUTO_COMPILE_MIN_STEPS else False
+        measure = AUTO_COMPILE_MEASURE
+    if compile is False:
+        return TrainStep(program, objective, params, kwargs, data_size)
+    mode = "graph" if compile is True else compile
+    return CapturedStep(program, objective, params, mode=mode, verbose=True, measure=measure,
+                        kwargs=kwargs, data_size=data_size)
 
 
 def trace_graph(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...],

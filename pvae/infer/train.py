@@ -35,7 +35,7 @@ from .callbacks import (
     RecordEpoch,
     Validation,
 )
-from .capture import CapturedFunction, CapturedStep, TrainStep
+from .capture import CapturedFunction, CapturedStep, TrainStep, make_train_step
 from .engine import Callback, TrainState, minibatches, restore, run, snapshot
 from .objectives import Objective, make_objective
 
@@ -271,28 +271,10 @@ def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Ca
 
 
 # -- the step ------------------------------------------------------------------
-# A captured graph pays for its capture (0.2-0.5 s) after 150-700 steps on MNIST-8k and
-# the digits (benchmarks/train_speed.py and iwae_speed.py: capture seconds / seconds
-# saved per step); compile="auto" captures runs of at least this many steps.
-AUTO_COMPILE_MIN_STEPS = 1000
-# ... and keeps the graph only if its replay beats the eager step, timed over this many
-# steps of each (it does not always: IWAE K=5 on MNIST-8k replays at 1.1x eager)
-AUTO_COMPILE_MEASURE = 10
-_COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
-
-
 def _train_step(compile, program, objective, params, tensors, loader, batch_size, num_epochs) -> TrainStep:
-    if compile not in _COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
-        raise ValueError(f"compile must be one of {list(_COMPILE_CHOICES)}, got {compile!r}.")
-    measure = 0
-    if compile == "auto":
-        steps = _num_steps(tensors, loader, batch_size)
-        compile = "graph" if steps is not None and steps * num_epochs >= AUTO_COMPILE_MIN_STEPS else False
-        measure = AUTO_COMPILE_MEASURE
-    if compile is False:
-        return TrainStep(program, objective, params)
-    mode = "graph" if compile is True else compile
-    return CapturedStep(program, objective, params, mode=mode, verbose=True, measure=measure)
+    steps = _num_steps(tensors, loader, batch_size)
+    return make_train_step(compile, program, objective, params,
+                           num_steps=None if steps is None else steps * num_epochs)
 
 
 # -- evaluation ------------------------------------------------------------------
@@ -413,7 +395,7 @@ def fit(
         bit, under the same seed), ``"inductor"`` compiles it with
         ``torch.compile`` (float-close to eager; the first compile takes tens of
         seconds), ``"auto"`` captures runs of at least
-        ``AUTO_COMPILE_MIN_STEPS`` (1000) steps and keeps the graph only if,
+        ``pvae.infer.capture.AUTO_COMPILE_MIN_STEPS`` (1000) steps and keeps the graph only if,
         timed over its first 10 replays against 10 eager steps, it is faster. The graph is checked against an
         eager step at the first step and every 100 after, and re-captured if the
         program changed; a program that cannot be captured trains eagerly with

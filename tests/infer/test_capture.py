@@ -330,9 +330,9 @@ def test_auto_measures_and_drops_a_graph_that_is_not_faster(monkeypatch):
 
 
 def test_auto_compiles_only_long_runs(monkeypatch):
-    from pvae.infer import train
+    from pvae.infer import capture, train
 
-    monkeypatch.setattr(train, "AUTO_COMPILE_MIN_STEPS", 10)
+    monkeypatch.setattr(capture, "AUTO_COMPILE_MIN_STEPS", 10)
     x = _digits()[:128]
     short = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 4)  # 8 steps
     long = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 5)  # 10 steps
