@@ -108,7 +108,11 @@ save(fig, "alignment")
 # and fit both on the rest, with the weights recomputed within the training
 # records. The VAE maximises the weighted ELBO $\sum_i w_i
 # \mathrm{ELBO}(x_i)$ (weights are a per-datum scale of the data plate;
-# per-datum bounds stay unweighted).
+# per-datum bounds stay unweighted), with weight decay: a Gaussian prior's
+# MAP estimate of the network weights, which keeps the decoder close to a
+# smooth profile where the family gives little evidence (fitted to the whole
+# alignment, a VAE's ClinVar AUC rises from about 0.94 to 0.98 with it:
+# `benchmarks/protein_p53.py`).
 
 # %%
 train_idx, test_idx = msa_split(msa, 0.1, kind="distant", seed=0)
@@ -117,7 +121,8 @@ if SMOKE:
 train, test = msa.subset(train_idx, reweight=True), msa.subset(test_idx)
 epochs = 2 if SMOKE else 60
 vae = SequenceVAE(msa.length, latent_dim=16, hidden_dims=(512, 256))
-result = pvae.fit(vae, (train.codes, train.weights), num_epochs=epochs, batch_size=128, seed=0, progress=False)
+result = pvae.fit(vae, (train.codes, train.weights), num_epochs=epochs, batch_size=128, weight_decay=1e-3,
+                  seed=0, progress=False)
 vae.eval()
 profile = SiteIndependentModel.from_alignment(train.codes, train.weights, pseudocount=1.0)
 fig, ax = plt.subplots(figsize=(5, 3))
