@@ -758,7 +758,7 @@ class CEVAE(PyroModule):
             control network from epochs 20-560). Default ``"elbo"``.
         :param int seed: seed for Pyro, torch and numpy before training.
         :param compile: capture the training step once and replay it, as
-            :func:`pvae.fit` does (:func:`pvae.infer.capture.make_train_step`):
+            :func:`pvae.fit` does (:func:`pvae.infer.make_train_step`):
             ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"`` or
             ``"auto"``. The last partial batch of an epoch runs eagerly. Default False.
         :returns: the loss per datum of every step (Pyro's return value).

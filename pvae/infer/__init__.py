@@ -5,7 +5,7 @@ from .amortization import GapReport, RefinementResult, amortization_gap, refine
 from .arviz_export import PsisDiagnostics, psis_diagnostics, to_inference_data
 from .bounds import BoundEstimate, EvidenceEstimate, iwae_bound, log_evidence
 from .callbacks import LearningRateSchedule
-from .capture import CapturedFunction, CapturedStep, CaptureWarning, TrainStep
+from .capture import CapturedFunction, CapturedStep, CaptureWarning, TrainStep, make_train_step
 from .engine import Callback, TrainState
 from .diagnostics import (
     CollapseReport,
@@ -69,6 +69,7 @@ __all__ = [
     "load_checkpoint",
     "log_evidence",
     "make_objective",
+    "make_train_step",
     "mutual_information",
     "psis_diagnostics",
     "refine",
