@@ -40,14 +40,13 @@ from typing import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
 
 from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName
-from .nets import Activation, diagonal_normal
+from .nets import Activation, diagonal_normal, one_hot
 from .registry import Example, register_model
 from .vae import _check_dim, _EncoderDecoder
 
@@ -143,7 +142,7 @@ class ConditionalVAE(_EncoderDecoder):
                     f"labels c must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), "
                     f"got values in {int(c.min())}..{int(c.max())}."
                 )
-            return F.one_hot(c.long(), self.num_classes).to(self.prior_loc.dtype)
+            return one_hot(c, self.num_classes, self.prior_loc.dtype)
         if c.dim() == 1 and self.condition_dim == 1:
             c = c.unsqueeze(-1)
         if c.dim() != 2 or c.shape[-1] != self.condition_dim:

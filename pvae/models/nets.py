@@ -32,6 +32,7 @@ __all__ = [
     "StandardNormal",
     "diagonal_normal",
     "mlp",
+    "one_hot",
     "positive",
 ]
 
@@ -75,6 +76,15 @@ def mlp(
     if out_dim is not None:
         layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
+
+
+def one_hot(codes: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``codes`` one-hot over a trailing dim of ``num_classes``, by comparison with
+    ``arange``: unlike ``F.one_hot`` it reads no value into Python (``F.one_hot``
+    checks the range with ``.item()``), so a captured training step can hold it.
+    The caller validates the range; a code outside ``0..num_classes-1`` gives a row of zeros.
+    """
+    return (codes.unsqueeze(-1) == torch.arange(num_classes, device=codes.device)).to(dtype)
 
 
 def positive(raw: torch.Tensor, min_value: float = MIN_SCALE) -> torch.Tensor:

@@ -96,7 +96,6 @@ from typing import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.nn import pyro_method
 from torch import nn
 from torch.distributions import constraints
@@ -104,7 +103,7 @@ from torch.distributions.utils import clamp_probs
 
 from .base import DATA_PLATE, LATENT_SITE
 from .likelihoods import Likelihood, LikelihoodName
-from .nets import Activation
+from .nets import Activation, one_hot
 from .registry import Example, register_model
 from .vae import _check_dim, _UnconditionalProgram
 
@@ -171,7 +170,7 @@ class GumbelSoftmaxCategorical(dist.OneHotCategorical):
         soft = torch.softmax((logits - (-uniforms.log()).log()) / self.temperature, dim=-1)
         if not self.straight_through:
             return soft
-        hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+        hard = one_hot(soft.argmax(-1), soft.shape[-1], soft.dtype)
         return hard + (soft - soft.detach())  # value: exactly one-hot; gradient: the soft sample's
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -336,7 +335,7 @@ class RelaxedCategoricalVAE(_UnconditionalProgram):
 
     def one_hot(self, categories: torch.Tensor) -> torch.Tensor:
         """Integer categories ``(..., num_categorical)`` as one-hot codes ``(..., N, K)``."""
-        return F.one_hot(categories.long(), self.num_categories).to(self.prior_loc.dtype)
+        return one_hot(categories, self.num_categories, self.prior_loc.dtype)
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = False) -> torch.Tensor:

@@ -70,7 +70,7 @@ from torch import nn
 from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import make_likelihood
-from .nets import Activation, NormalHead, diagonal_normal, mlp
+from .nets import Activation, NormalHead, diagonal_normal, mlp, one_hot
 from .registry import Example, register_model
 from .vae import _check_dim, _StandardNormalLatent
 
@@ -308,9 +308,8 @@ class SequenceVAE(_StandardNormalLatent):
         """Parameters of q(z | x): ``(loc, scale)``, each ``(batch, latent_dim)``.
         ``weights`` are ignored (accepted so that ``encode(*data)`` works)."""
         nets = self._modules
-        # F.one_hot would read the codes' maximum into Python (no graph capture); validate checks the range
-        onehot = x.unsqueeze(-1) == torch.arange(self.alphabet_size, device=x.device)
-        return nets["encoder_head"](nets["encoder_body"](onehot.flatten(-2).to(self.prior_loc.dtype)))
+        onehot = one_hot(x, self.alphabet_size, self.prior_loc.dtype)  # capturable; validate checks the range
+        return nets["encoder_head"](nets["encoder_body"](onehot.flatten(-2)))
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder logits, ``(*z.shape[:-1], length, alphabet_size)``; a softmax over

@@ -87,7 +87,7 @@ from pyro.nn import pyro_method
 from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
 from .likelihoods import Likelihood, LikelihoodName
-from .nets import Activation, diagonal_normal, mlp
+from .nets import Activation, diagonal_normal, mlp, one_hot
 from .registry import Example, register_model
 from .vae import _check_dim, _EncoderDecoder
 
@@ -221,7 +221,7 @@ class SemiSupervisedVAE(_EncoderDecoder):
             )
 
     def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y.long(), self.num_classes).to(self.prior_loc.dtype)
+        return one_hot(y, self.num_classes, self.prior_loc.dtype)
 
     def _guide_logits(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """Logits of the label's guide, ``(batch, C)``: the classifier's where ``y``

@@ -337,3 +337,24 @@ def test_auto_compiles_only_long_runs(monkeypatch):
     short = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 4)  # 8 steps
     long = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 5)  # 10 steps
     assert type(short) is TrainStep and isinstance(long, CapturedStep) and long.measure > 0
+
+
+def test_label_conditioned_programs_capture():
+    """Regression: F.one_hot reads the labels' maximum into Python, so the CVAE and the
+    SSVAE with integer labels fell back to eager; pvae.models.nets.one_hot keeps them in
+    the graph, and the captured run equals the eager one to the bit."""
+    import warnings
+
+    from pvae.models import ConditionalVAE
+
+    x = _digits()[:128]
+    c = torch.arange(128) % 10
+    runs = []
+    for compile in (False, True):
+        pyro.set_rng_seed(0)
+        model = ConditionalVAE(64, num_classes=10, latent_dim=2, hidden_dims=(16,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CaptureWarning)
+            result = pvae.fit(model, (x, c), num_epochs=2, batch_size=64, seed=0, progress=False, compile=compile)
+        runs.append([row["loss"] for row in result.history])
+    assert runs[0] == runs[1]
