@@ -132,7 +132,7 @@ from torch import nn
 
 from ..inputs import DataError, as_data
 from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
-from ..infer.capture import COMPILE_CHOICES, make_train_step
+from ..infer.capture import check_compile, make_train_step
 from ..infer.engine import Callback, TrainState, minibatches, run
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
@@ -780,8 +780,7 @@ class CEVAE(PyroModule):
             raise ValueError(f"early_stopping must be one of {list(_EARLY_STOPPING)}, got {early_stopping!r}.")
         if patience is not None and (int(patience) != patience or patience < 1):
             raise ValueError(f"patience must be a positive integer or None, got {patience!r}.")
-        if compile not in COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
-            raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}.")
+        check_compile(compile)
         if seed is not None:
             pyro.set_rng_seed(seed)
         valid = None

@@ -232,6 +232,11 @@ def load_msa(
     columns = np.flatnonzero(((focus_bytes >= ord("A")) & (focus_bytes <= ord("Z"))) | (focus_bytes == ord(GAP)))
     if columns.size == 0:
         raise DataError(f"{file}: the first record has no upper-case or '-' column, so no focus column.")
+    if (focus_bytes[columns] == ord(GAP)).all():
+        raise DataError(
+            f"{file}: the first record ({focus_name!r}) has only gaps in its focus columns; it must be the "
+            "focus sequence (the wild type). Try an alignment whose first record is the query."
+        )
     codes = _code_table(nonstandard)[raw[:, columns]]
     odd = codes == -2
     if odd.any():
@@ -245,11 +250,6 @@ def load_msa(
         keep = ~odd.any(1)
         codes, records = codes[keep], [r for r, k in zip(records, keep) if k]
     residues = "".join(ch for ch in focus if ch not in "-.").upper()
-    if not any(ch.isupper() for ch in focus):
-        raise DataError(
-            f"{file}: the first record ({focus_name!r}) has only gaps in its focus columns; it must be the "
-            "focus sequence (the wild type). Try an alignment whose first record is the query."
-        )
     match = _HEADER_RANGE.search(focus_name)
     start = int(match.group(1)) if match else 1
     is_residue = np.array([ch not in "-." for ch in focus])

@@ -329,7 +329,6 @@ class CapturedStep(TrainStep):
         return eager
 
 
-
 # A captured graph pays for its capture (0.2-0.5 s) after 150-700 steps on MNIST-8k and
 # the digits (benchmarks/train_speed.py and iwae_speed.py: capture seconds / seconds
 # saved per step); compile="auto" captures runs of at least this many steps.
@@ -338,6 +337,12 @@ AUTO_COMPILE_MIN_STEPS = 1000
 # steps of each (it does not always: IWAE K=5 on MNIST-8k replays at 1.1x eager)
 AUTO_COMPILE_MEASURE = 10
 COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
+
+
+def check_compile(compile: Any) -> None:
+    """:raises ValueError: unless ``compile`` is one of :data:`COMPILE_CHOICES` (``1`` is not ``True``)."""
+    if compile not in COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
+        raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}.")
 
 
 def make_train_step(
@@ -362,8 +367,7 @@ def make_train_step(
     :param data_size: as for :class:`TrainStep`.
     :raises ValueError: on another ``compile`` value.
     """
-    if compile not in COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
-        raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}.")
+    check_compile(compile)
     measure = 0
     if compile == "auto":
         compile = "graph" if num_steps is not None and num_steps >= AUTO_COMPILE_MIN_STEPS else False

@@ -38,9 +38,10 @@ the alphabet is a true low-rank constraint (``H L C + C A`` weights instead of
 ``H L A``). ``pvae.fit(..., weight_decay=...)`` (a Gaussian prior's MAP
 estimate) restores part of the prior's role, and it matters: on the p53
 family's ClinVar variants (``benchmarks/protein_p53.py``) one VAE's ROC AUC is
-0.94 without it and 0.98-0.99 with ``weight_decay=1e-3`` (3e-3 is too strong). Not implemented: the variational
-posterior over decoder weights, a global latent, which pvae's per-datum bounds
-exclude (every latent sits in the data plate).
+0.94 without it and 0.98-0.99 with ``weight_decay=1e-3`` (3e-3 is too strong).
+Not implemented: the variational posterior over decoder weights, a global
+latent, which pvae's per-datum bounds exclude (every latent sits in the data
+plate).
 
 References
 
