@@ -1,6 +1,6 @@
 """pvae: variational inference answers for deep latent-variable Pyro programs."""
 
-from . import causal, data, infer, inputs, models
+from . import causal, chem, data, infer, inputs, models
 from .infer import FitResult, TrainingDivergedError, fit
 from .inputs import DataError, DataTypeError
 from .models import VAE, ModelGuidePair

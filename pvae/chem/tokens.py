@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
+import itertools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -58,8 +58,8 @@ def load_smiles(path: str | os.PathLike, limit: int | None = None, column: str =
 
     The column is ``column`` when the first line names it (other columns,
     e.g. MOSES's ``SPLIT``, are ignored), else the first field of every line.
-    Blank lines are skipped; strings are not parsed (see
-    :func:`pvae.chem.canonical_smiles` for that).
+    Blank lines are skipped; strings are not parsed (RDKit, not this loader,
+    says which molecules are valid).
 
     :param path: the file (``.gz`` is decompressed).
     :param int limit: read at most this many molecules (the first ones). Default all.
@@ -75,25 +75,18 @@ def load_smiles(path: str | os.PathLike, limit: int | None = None, column: str =
         raise FileNotFoundError(f"no SMILES file at {str(file)!r}. Pass the path of e.g. MOSES's train.csv.gz.")
     opener = gzip.open if file.suffix == ".gz" else open
     with opener(file, "rt", newline="") as handle:
-        text = handle.read() if limit is None else "".join(_head(handle, limit + 1))
-    rows = [row for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
-    if rows and column in rows[0]:
-        index, rows = rows[0].index(column), rows[1:]
-    elif rows and "," in text.split("\n", 1)[0]:
-        raise DataError(f"{file}: the header {rows[0]} has no column {column!r}. Try column=...")
-    else:
-        index = 0
-    smiles = [row[index].strip() for row in rows if len(row) > index][:limit]
+        rows = (row for row in csv.reader(handle) if row and row[0].strip())
+        first = next(rows, [])
+        if column in first:
+            index = first.index(column)
+        elif len(first) > 1:
+            raise DataError(f"{file}: the header {first} has no column {column!r}. Try column=...")
+        else:
+            index, rows = 0, itertools.chain([first], rows)
+        smiles = [row[index].strip() for row in itertools.islice((r for r in rows if len(r) > index), limit)]
     if not smiles:
         raise DataError(f"{file} holds no SMILES strings.")
     return smiles
-
-
-def _head(lines: Iterable[str], n: int) -> Iterable[str]:
-    for i, line in enumerate(lines):
-        if i >= n:
-            return
-        yield line
 
 
 def _check_strings(strings: Sequence[str], name: str) -> list[str]:
