@@ -16,6 +16,7 @@ __all__ = [
     "TrainingDivergedError",
     "__version__",
     "causal",
+    "chem",
     "data",
     "fit",
     "infer",

@@ -16,7 +16,7 @@ from .multimodal import MultimodalVAE
 from .profile import SiteIndependentModel
 from .oracles import BetaBernoulliCoin, LinearGaussian
 from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorical_kl
-from .sequence import SequenceLogits, SequenceVAE
+from .sequence import AutoregressiveCategorical, GRUSequenceDecoder, SequenceLogits, SequenceVAE
 from .sequential import SequentialVAE
 from .ssvae import SemiSupervisedVAE
 
@@ -26,10 +26,12 @@ __all__ = [
     "LIKELIHOODS",
     "OBS_SITE",
     "VAE",
+    "AutoregressiveCategorical",
     "BetaBernoulliCoin",
     "ConditionalVAE",
     "DenoisingVAE",
     "Example",
+    "GRUSequenceDecoder",
     "GumbelSoftmaxCategorical",
     "Likelihood",
     "LinearGaussian",

@@ -57,13 +57,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer import is_validation_enabled
 from pyro.nn import pyro_method
 from torch import nn
@@ -75,7 +76,7 @@ from .nets import Activation, NormalHead, diagonal_normal, mlp, one_hot
 from .registry import Example, register_model
 from .vae import _check_dim, _StandardNormalLatent
 
-__all__ = ["SequenceLogits", "SequenceVAE"]
+__all__ = ["AutoregressiveCategorical", "GRUSequenceDecoder", "SequenceLogits", "SequenceVAE"]
 
 
 class SequenceLogits(nn.Module):
@@ -158,6 +159,109 @@ class SequenceLogits(nn.Module):
         return logits if self.raw_temperature is None else self.temperature() * logits
 
 
+class GRUSequenceDecoder(nn.Module):
+    """An autoregressive decoder: a GRU that reads ``z`` and the letters so far.
+
+    .. math::
+
+        h_0 = \\tanh(W_0 z + b_0), \\qquad
+        h_l = \\mathrm{GRU}\\big(h_{l-1}, [e(x_{l-1}); z]\\big), \\qquad
+        p(x_l \\mid x_{<l}, z) = \\mathrm{softmax}(W h_l + b),
+
+    with :math:`e` a learned embedding and :math:`x_0` a start symbol (code
+    ``alphabet_size``), the decoder of the character-level molecule VAEs
+    (Gomez-Bombarelli et al. 2018; the MOSES VAE, Polykovskiy et al. 2020, with
+    ``z`` fed into every step). Used through :class:`AutoregressiveCategorical`.
+
+    :param int latent_dim: dimension of ``z``.
+    :param int length: positions :math:`L`.
+    :param int alphabet_size: letters :math:`A`.
+    :param int hidden_size: GRU width. Default 256.
+    :param int num_layers: stacked GRU layers. Default 1.
+    :param float dropout: dropout between GRU layers (``num_layers > 1``). Default 0.
+    """
+
+    def __init__(self, latent_dim: int, length: int, alphabet_size: int, hidden_size: int = 256,
+                 num_layers: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.latent_dim, self.length = _check_dim("latent_dim", latent_dim), _check_dim("length", length)
+        self.alphabet_size = _check_dim("alphabet_size", alphabet_size)
+        self.hidden_size, self.num_layers = _check_dim("hidden_size", hidden_size), _check_dim("num_layers", num_layers)
+        self.embedding = nn.Embedding(alphabet_size + 1, alphabet_size)  # the last code is the start symbol
+        self.initial = nn.Linear(latent_dim, num_layers * hidden_size)
+        self.gru = nn.GRU(alphabet_size + latent_dim, hidden_size, num_layers, batch_first=True,
+                          dropout=dropout if num_layers > 1 else 0.0)
+        self.output = nn.Linear(hidden_size, alphabet_size)
+
+    def _initial_state(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.initial(z)).unflatten(-1, (self.num_layers, self.hidden_size))
+        return h.transpose(0, 1).contiguous()
+
+    def _step_inputs(self, z: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        e = self.embedding(previous)
+        return torch.cat([e, z.unsqueeze(-2).expand(*e.shape[:-1], z.shape[-1])], -1)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``(n, length, alphabet_size)`` of ``x`` ``(n, length)`` given ``z`` ``(n, d)``."""
+        start = x.new_full((x.shape[0], 1), self.alphabet_size)
+        out, _ = self.gru(self._step_inputs(z, torch.cat([start, x[:, :-1]], 1)), self._initial_state(z))
+        return self.output(out)
+
+    def generate(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Codes ``(n, length)`` drawn letter by letter (``greedy``: the most likely letter each step)."""
+        h = self._initial_state(z)
+        previous = torch.full((z.shape[0], 1), self.alphabet_size, dtype=torch.long, device=z.device)
+        codes = []
+        for _ in range(self.length):
+            out, h = self.gru(self._step_inputs(z, previous), h)
+            logits = self.output(out[:, 0])
+            previous = (logits.argmax(-1) if greedy else dist.Categorical(logits=logits).sample()).unsqueeze(-1)
+            codes.append(previous)
+        return torch.cat(codes, 1)
+
+
+class AutoregressiveCategorical(dist.TorchDistribution):
+    """:math:`p(x \\mid z) = \\prod_l p(x_l \\mid x_{<l}, z)` of a
+    :class:`GRUSequenceDecoder`: batch shape ``z.shape[:-1]``, event shape
+    ``(length,)`` over int64 codes.
+
+    ``log_prob(x)`` is exact (teacher forcing, one GRU pass); ``sample()``
+    draws ancestrally, letter by letter; ``mode`` is the greedy sequence (the
+    most likely letter at each step given the letters before it: an
+    approximation of the most likely sequence, as beam-free decoders use).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+
+    def __init__(self, decoder: GRUSequenceDecoder, z: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.decoder, self.z = decoder, z
+        super().__init__(z.shape[:-1], torch.Size([decoder.length]), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "AutoregressiveCategorical":
+        return AutoregressiveCategorical(self.decoder, self.z.expand(*batch_shape, self.z.shape[-1]))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(self.batch_shape, value.shape[:-1])
+        z = self.z.expand(*shape, self.z.shape[-1]).reshape(-1, self.z.shape[-1])
+        x = value.expand(*shape, value.shape[-1]).reshape(-1, value.shape[-1])
+        logp = self.decoder(z, x).log_softmax(-1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+        return logp.sum(-1).reshape(shape)
+
+    def _draw(self, sample_shape: torch.Size, greedy: bool) -> torch.Tensor:
+        z = self.z.expand(*sample_shape, *self.z.shape)
+        with torch.no_grad():
+            codes = self.decoder.generate(z.reshape(-1, z.shape[-1]), greedy=greedy)
+        return codes.reshape(*z.shape[:-1], self.decoder.length)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self._draw(torch.Size(sample_shape), greedy=False)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self._draw(torch.Size(), greedy=True)
+
+
 def _example() -> Example:
     x = torch.randint(0, 4, (8, 5))
     kwargs = {"length": 5, "alphabet_size": 4, "latent_dim": 2, "hidden_dims": (8,), "rank": 3,
@@ -203,7 +307,14 @@ class SequenceVAE(_StandardNormalLatent):
         (DeepSequence: 4), or 0 for none. Default 0.
     :param bool temperature: learn an output temperature. Default False.
     :param float dropout: dropout probability of the decoder's hidden layers
-        (EVE: 0.1). Default 0.
+        (EVE: 0.1; between GRU layers for ``decoder="gru"``). Default 0.
+    :param str decoder: ``"mlp"`` (positions independent given ``z``, with
+        :class:`SequenceLogits`) or ``"gru"`` (autoregressive,
+        :class:`GRUSequenceDecoder`: molecule strings, whose letters depend on
+        each other far more than an alignment's columns do given ``z``; GRU
+        layers of width ``decoder_hidden_dims``, default one layer of
+        ``hidden_dims[0]``; ``rank``, gates and temperature do not apply).
+        Default ``"mlp"``.
     """
 
     #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
@@ -224,8 +335,12 @@ class SequenceVAE(_StandardNormalLatent):
         sparsity_group_size: int = 0,
         temperature: bool = False,
         dropout: float = 0.0,
+        decoder: Literal["mlp", "gru"] = "mlp",
     ) -> None:
         super().__init__(latent_dim, beta)
+        if decoder not in ("mlp", "gru"):
+            raise ValueError(f"decoder must be 'mlp' or 'gru', got {decoder!r}.")
+        self.decoder_kind = decoder
         self.length, self.alphabet_size = _check_dim("length", length), _check_dim("alphabet_size", alphabet_size)
         hidden_dims = tuple(hidden_dims)
         dec_hidden = tuple(reversed(hidden_dims)) if decoder_hidden_dims is None else tuple(decoder_hidden_dims)
@@ -233,6 +348,17 @@ class SequenceVAE(_StandardNormalLatent):
         self.likelihood = make_likelihood("categorical", self.length, cardinalities=[self.alphabet_size] * self.length)
         self.encoder_body = mlp(enc_in, hidden_dims, activation=activation)
         self.encoder_head = NormalHead(hidden_dims[-1] if hidden_dims else enc_in, self.latent_dim)
+        if decoder == "gru":
+            if rank is not None or sparsity_group_size or temperature:
+                raise ValueError("rank, sparsity_group_size and temperature belong to the MLP decoder's output "
+                                 "layer (SequenceLogits); decoder='gru' takes none of them.")
+            dec_hidden = (hidden_dims[0],) if decoder_hidden_dims is None else dec_hidden
+            if not dec_hidden or len(set(dec_hidden)) != 1:
+                raise ValueError(f"decoder='gru' stacks GRU layers of one width: decoder_hidden_dims must be equal "
+                                 f"widths, e.g. (256,) or (512, 512, 512), got {dec_hidden!r}.")
+            self.decoder = GRUSequenceDecoder(self.latent_dim, self.length, self.alphabet_size, dec_hidden[0],
+                                              len(dec_hidden), dropout)
+            return
         body = mlp(self.latent_dim, dec_hidden, activation=activation, dropout=dropout)
         self.decoder = body.append(SequenceLogits(dec_hidden[-1] if dec_hidden else self.latent_dim, self.length,
                                                   self.alphabet_size, rank, sparsity_group_size, temperature))
@@ -314,12 +440,18 @@ class SequenceVAE(_StandardNormalLatent):
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder logits, ``(*z.shape[:-1], length, alphabet_size)``; a softmax over
-        the last dim gives each position's letter probabilities."""
+        the last dim gives each position's letter probabilities (the MLP decoder
+        only: a GRU decoder's logits depend on the letters before each position)."""
+        if self.decoder_kind == "gru":
+            raise TypeError("logits(z) needs decoder='mlp': a GRU decoder's letter probabilities depend on the "
+                            "letters before them. Try decode(z).log_prob(x), .sample() or .mode.")
         return self._modules["decoder"](z).unflatten(-1, (self.length, self.alphabet_size))
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z): batch shape ``z.shape[:-1]``, event shape ``(length,)`` over int64 codes."""
         nets = self._modules
+        if self.decoder_kind == "gru":
+            return AutoregressiveCategorical(nets["decoder"], z)
         return nets["likelihood"](nets["decoder"](z)).to_event(1)
 
     @torch.no_grad()
@@ -331,10 +463,12 @@ class SequenceVAE(_StandardNormalLatent):
             instead of drawing one.
         """
         z = self._prior().sample((num_samples,))
-        return self.logits(z).argmax(-1) if mean else self.decode(z).sample()
+        d = self.decode(z)
+        return d.mode if mean else d.sample()
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """The most likely letter per position at the encoder mean: int64 codes, shape of ``x``."""
+        """The most likely letter per position at the encoder mean (greedy, for a GRU
+        decoder): int64 codes, shape of ``x``."""
         loc, _ = self.encode(x)
-        return self.logits(loc).argmax(-1)
+        return self.decode(loc).mode
