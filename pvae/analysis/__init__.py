@@ -2,11 +2,12 @@
 
 Anomaly scores with calibration, latent-space tools (traversals, interpolation,
 prototype, arithmetic), decoder geometry (pullback metric, geodesics), inverse
-problems with a VAE prior, mutation effects of protein variants and a validity filter
+problems with a VAE prior, oracle-guided design in the latent space, mutation effects of protein variants and a validity filter
 for generated sequences, and figures (each writes one PNG and returns its path).
 """
 
 from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals
+from .design import LatentDesignResult, LatentPredictor, fit_latent_predictor, latent_optimize
 from .figures import (
     draw_image_grid,
     plot_geodesics,
@@ -60,6 +61,10 @@ __all__ = [
     "mutation_effects",
     "parse_mutations",
     "AnomalyDetector",
+    "LatentDesignResult",
+    "LatentPredictor",
+    "fit_latent_predictor",
+    "latent_optimize",
     "GaussianPosterior",
     "GeodesicResult",
     "InverseSolution",
