@@ -228,7 +228,7 @@ with torch.no_grad():
     coarse = rg.reconstruct(field.x[:2])
 for i, colour in enumerate(("C1", "C2")):
     axes[2].plot(field.x[i], color=colour, alpha=0.45, lw=1, label=f"configuration {i + 1}")
-    axes[2].plot(coarse[i], color=colour, lw=2.5, label=f"its coarse-grained reconstruction")
+    axes[2].plot(coarse[i], color=colour, lw=2.5, label="its coarse-grained reconstruction")
 axes[2].set_xlabel("lattice site")
 axes[2].set_ylabel("phi")
 axes[2].legend(fontsize=7)

@@ -45,7 +45,6 @@
 # generates.
 
 # %%
-import math
 import os
 from pathlib import Path
 
