@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..inputs import DataError
-from .latent import _latent_dim, _require, encode_mean
+from .latent import _dtype, _latent_dim, _require, encode_mean
 
 _BETAS = (0.9, 0.999)  # Adam's moment decays, for the latent ascent
 
@@ -251,9 +251,7 @@ def latent_optimize(
         if int(num_starts) != num_starts or num_starts < 1:
             raise ValueError(f"num_starts must be a positive integer, got {num_starts!r}.")
         dim = _latent_dim(program, latent_dim, "pass latent_dim= or starts=")
-        parameter = next(iter(getattr(program, "parameters", lambda: iter(()))()), None)
-        dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
-        starts = torch.randn(num_starts, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        starts = torch.randn(num_starts, dim, generator=torch.Generator().manual_seed(seed), dtype=_dtype(program))
     elif starts.dim() != 2:
         raise ValueError(f"starts must be (num_starts, latent_dim), got shape {tuple(starts.shape)}.")
     if int(steps) != steps or steps < 0:
