@@ -490,7 +490,7 @@ def _in_support(likelihood: str, x: torch.Tensor) -> torch.Tensor:
         return (v == 0) | (v == 1)
     if likelihood == "continuous_bernoulli":
         return (v >= 0) & (v <= 1)
-    if likelihood in ("poisson", "negative_binomial"):
+    if likelihood in ("poisson", "negative_binomial", "zero_inflated_negative_binomial"):
         return whole
     if likelihood == "categorical":
         return whole & (v < torch.tensor(CARDS[: x.shape[-1]], dtype=torch.float64))
@@ -502,7 +502,7 @@ def _valid_values(likelihood: str):
         return st.sampled_from([0.0, 1.0])
     if likelihood == "continuous_bernoulli":
         return st.floats(0, 1)
-    if likelihood in ("poisson", "negative_binomial"):
+    if likelihood in ("poisson", "negative_binomial", "zero_inflated_negative_binomial"):
         return st.integers(0, 20).map(float)
     if likelihood == "categorical":
         return st.integers(0, 1).map(float)
@@ -583,6 +583,7 @@ def test_validate_bool_int_and_complex_x():
 FIT_CASES = ["valid", "valid", "NaN where masked", "NaN observed", "off support", "mask shape",
              "mask values", "more features", "empty", "lengths differ", "1-D x"]
 OFF_SUPPORT = {"bernoulli": 0.5, "continuous_bernoulli": 1.5, "poisson": -1.0, "negative_binomial": 2.5,
+               "zero_inflated_negative_binomial": 0.5,
                "categorical": None, "normal": math.inf, "laplace": -math.inf, "student_t": math.inf}
 
 

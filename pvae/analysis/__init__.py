@@ -2,8 +2,10 @@
 
 Anomaly scores with calibration, latent-space tools (traversals, interpolation,
 prototype, arithmetic), decoder geometry (pullback metric, geodesics), inverse
-problems with a VAE prior, oracle-guided design in the latent space, mutation effects of protein variants and a validity filter
-for generated sequences, and figures (each writes one PNG and returns its path).
+problems with a VAE prior, oracle-guided design in the latent space, mutation
+effects of protein variants and a validity filter for generated sequences,
+batch-integration measures of embeddings (batch mixing, batch and cell-type
+ASW, kNN accuracy), and figures (each writes one PNG and returns its path).
 """
 
 from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals
@@ -27,6 +29,14 @@ from .geometry import (
     geodesic_optimize,
     magnification_factor,
     pullback_metric,
+)
+from .integration import (
+    IntegrationMetrics,
+    batch_asw,
+    batch_mixing_entropy,
+    cell_type_asw,
+    integration_metrics,
+    knn_accuracy,
 )
 from .inverse import GaussianPosterior, InverseSolution, linear_gaussian_posterior_mean, solve_inverse
 from .mutations import MutationEffects, mutation_effects, parse_mutations
@@ -67,7 +77,13 @@ __all__ = [
     "latent_optimize",
     "GaussianPosterior",
     "GeodesicResult",
+    "IntegrationMetrics",
     "InverseSolution",
+    "batch_asw",
+    "batch_mixing_entropy",
+    "cell_type_asw",
+    "integration_metrics",
+    "knn_accuracy",
     "anomaly_scores",
     "curve_length",
     "decoder_mean",

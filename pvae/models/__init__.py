@@ -10,6 +10,7 @@ from .nets import NormalHead, mlp
 from .registry import Example, ModelEntry, get_model, list_models, model_entry, register_model
 from .vae import VAE
 from .cvae import ConditionalVAE
+from .counts import CountVAE
 from .denoising import DenoisingVAE
 from .linear import LinearVAE, PPCASolution, ppca, principal_angles
 from .multimodal import MultimodalVAE
@@ -29,6 +30,7 @@ __all__ = [
     "AutoregressiveCategorical",
     "BetaBernoulliCoin",
     "ConditionalVAE",
+    "CountVAE",
     "DenoisingVAE",
     "Example",
     "GRUSequenceDecoder",

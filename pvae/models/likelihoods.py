@@ -12,6 +12,7 @@ and Cunningham 2019), ``normal`` for real values such as calcium-imaging
 fluorescence, ``laplace`` or ``student_t`` where heavy-tailed noise (salt and
 pepper) would make a Gaussian chase outliers, ``poisson`` for spike counts,
 ``negative_binomial`` for over-dispersed counts (e.g. gene expression),
+``zero_inflated_negative_binomial`` for counts with extra zeros (dropouts),
 ``categorical`` for integer-coded features with known cardinalities.
 """
 
@@ -36,6 +37,7 @@ LikelihoodName = Literal[
     "student_t",
     "poisson",
     "negative_binomial",
+    "zero_inflated_negative_binomial",
     "categorical",
 ]
 
@@ -266,21 +268,83 @@ class _Poisson(Likelihood):
 
 
 class _NegativeBinomial(Likelihood):
-    """Negative binomial with a learned per-feature ``total_count`` (dispersion);
-    the decoder gives the logits of the success probability."""
+    """Negative binomial with a learned dispersion (``total_count`` :math:`r`).
+
+    The decoder's output is read as the logits of the success probability
+    (``parameterization="logits"``, mean :math:`r e^{\\ell}`) or as the log of
+    the mean (``"log_mean"``, scVI's parameterisation: logits
+    :math:`\\log\\mu - \\log r`, so the mean is :math:`\\mu` whatever the
+    dispersion and the variance :math:`\\mu + \\mu^2 / r`). The dispersion is
+    one per feature, or one per feature and group (``dispersion_groups`` rows,
+    e.g. gene-batch dispersion: :meth:`forward` then takes each datum's group).
+    """
 
     name = "negative_binomial"
     support_text = "the non-negative integers"
     hint = "likelihood='normal' for real-valued data"
-
-    def __init__(self, input_dim: int) -> None:
-        super().__init__(input_dim)
-        self.raw_total_count = nn.Parameter(torch.zeros(input_dim))
-
-    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
-        return dist.NegativeBinomial(positive(self.raw_total_count), logits=raw)
-
     _in_support = staticmethod(_is_count)
+
+    def __init__(
+        self,
+        input_dim: int,
+        parameterization: Literal["logits", "log_mean"] = "logits",
+        dispersion_groups: int = 1,
+    ) -> None:
+        super().__init__(input_dim)
+        if parameterization not in ("logits", "log_mean"):
+            raise ValueError(f"parameterization must be 'logits' or 'log_mean', got {parameterization!r}.")
+        if int(dispersion_groups) != dispersion_groups or dispersion_groups < 1:
+            raise ValueError(f"dispersion_groups must be a positive integer, got {dispersion_groups!r}.")
+        self.parameterization = parameterization
+        shape = (input_dim,) if dispersion_groups == 1 else (int(dispersion_groups), input_dim)
+        self.raw_total_count = nn.Parameter(torch.zeros(shape))
+
+    def total_count(self, group: torch.Tensor | None = None) -> torch.Tensor:
+        """The dispersion :math:`r`: ``(input_dim,)``, or ``(batch, input_dim)``
+        for each datum's ``group`` (integer codes) when there are several groups."""
+        r = positive(self.raw_total_count)
+        if r.dim() == 1:
+            return r
+        if group is None:
+            raise ValueError(
+                f"this likelihood has {r.shape[0]} dispersion groups; pass each datum's group "
+                "(integer codes of shape (batch,))."
+            )
+        return r[group]
+
+    def _logits(self, raw: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return raw - r.log() if self.parameterization == "log_mean" else raw
+
+    def forward(self, raw: torch.Tensor, group: torch.Tensor | None = None) -> dist.TorchDistribution:
+        r = self.total_count(group)
+        return dist.NegativeBinomial(r, logits=self._logits(raw, r))
+
+
+class _ZeroInflatedNegativeBinomial(_NegativeBinomial):
+    """Zero-inflated negative binomial: with probability :math:`\\pi` an extra
+    zero (a dropout), otherwise a negative binomial draw,
+
+    .. math::
+
+        p(0) = \\pi + (1 - \\pi)\\, \\mathrm{NB}(0; \\mu, r), \\qquad
+        p(x) = (1 - \\pi)\\, \\mathrm{NB}(x; \\mu, r) \\ (x > 0),
+
+    mean :math:`(1-\\pi)\\mu`. The decoder gives ``2 * input_dim`` outputs:
+    the negative binomial's (as :class:`_NegativeBinomial` reads them), then the
+    logits of :math:`\\pi` (Pyro's ``ZeroInflatedNegativeBinomial``, whose
+    log-density works in logits throughout). Lopez et al. 2018 (scVI).
+    """
+
+    name = "zero_inflated_negative_binomial"
+
+    @property
+    def output_dim(self) -> int:
+        return 2 * self.input_dim
+
+    def forward(self, raw: torch.Tensor, group: torch.Tensor | None = None) -> dist.TorchDistribution:
+        nb_raw, gate_logits = raw.split(self.input_dim, dim=-1)
+        r = self.total_count(group)
+        return dist.ZeroInflatedNegativeBinomial(r, logits=self._logits(nb_raw, r), gate_logits=gate_logits)
 
 
 class _Categorical(Likelihood):
@@ -342,6 +406,7 @@ LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {
         _StudentT,
         _Poisson,
         _NegativeBinomial,
+        _ZeroInflatedNegativeBinomial,
         _Categorical,
     )
 }
@@ -351,12 +416,14 @@ def make_likelihood(name: LikelihoodName | Likelihood, input_dim: int, **kwargs)
     """Build the observation family ``name`` for ``input_dim`` features.
 
     :param str name: one of ``LIKELIHOODS`` (bernoulli, continuous_bernoulli,
-        normal, laplace, student_t, poisson, negative_binomial, categorical), or
+        normal, laplace, student_t, poisson, negative_binomial,
+        zero_inflated_negative_binomial, categorical), or
         a ready :class:`Likelihood`, returned as is.
     :param int input_dim: features of ``x``.
     :param kwargs: family options: ``scale`` ("learned" or a number) for normal,
-        laplace and student_t; ``df`` for student_t; ``cardinalities`` for
-        categorical.
+        laplace and student_t; ``df`` for student_t; ``parameterization``
+        (``"logits"`` or ``"log_mean"``) and ``dispersion_groups`` for the
+        negative binomials; ``cardinalities`` for categorical.
     """
     if isinstance(name, Likelihood):
         return name

@@ -1,0 +1,189 @@
+"""Single-cell counts in and out of AnnData (the ``[anndata]`` extra).
+
+:func:`from_anndata` reads a count matrix (a layer, or ``X``; dense, sparse or
+backed on disk), the batch of each cell as integer codes and, optionally, its
+labels, as :class:`CountData`; :func:`write_latent` stores an embedding in
+``adata.obsm`` (``"X_pvae"``, where scvi-tools puts ``"X_scVI"``).
+:func:`read_counts` reads any rows of the matrix, the one reader behind both,
+so a streaming loader can take a backed file a block of rows at a time.
+
+Batch codes follow the sorted batch names unless ``batch_categories`` are
+given: pass the training data's :attr:`CountData.batch_categories` when reading
+new data for a trained model, so that codes mean the same batches, and a batch
+the model never saw is an error rather than a silent relabelling.
+
+Reference: I. Virshup, S. Rybakov, F. J. Theis, P. Angerer, F. A. Wolf.
+anndata: Access and store annotated data matrices. JOSS 9, 2024.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..inputs import DataError
+
+__all__ = ["CountData", "from_anndata", "read_counts", "write_latent"]
+
+INSTALL_HINT = 'pip install "pvae-pyro[anndata]"  (or: pip install anndata)'
+
+
+def require_anndata() -> Any:
+    """Import :mod:`anndata`, or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module("anndata")
+    except ImportError as err:
+        raise ImportError(f"pvae.data.from_anndata needs the package 'anndata' ({err}). Try: {INSTALL_HINT}") from err
+
+
+@dataclass(frozen=True, eq=False)
+class CountData:
+    """Counts of cells with their batches (and labels), ready for a count program.
+
+    :ivar torch.Tensor counts: ``(cells, genes)`` counts (float, non-negative integers).
+    :ivar torch.Tensor batch: ``(cells,)`` int64 codes into ``batch_categories``.
+    :ivar labels: ``(cells,)`` int64 codes into ``label_categories``, or None.
+    :ivar tuple batch_categories: the batch name of each code.
+    :ivar label_categories: the label name of each code, or None.
+    :ivar tuple genes: gene names (``adata.var_names``).
+    """
+
+    counts: torch.Tensor
+    batch: torch.Tensor
+    labels: torch.Tensor | None
+    batch_categories: tuple[str, ...]
+    label_categories: tuple[str, ...] | None
+    genes: tuple[str, ...]
+
+    @property
+    def args(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(counts, batch)``: the positional data of :class:`~pvae.models.CountVAE`
+        (``pvae.fit(model, data.args)``)."""
+        return self.counts, self.batch
+
+
+def _matrix(adata: Any, layer: str | None) -> Any:
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        have = sorted(adata.layers.keys())
+        raise DataError(
+            f"adata has no layer {layer!r}; its layers are {have}. Try layer=None to read adata.X"
+            + (f", or layer={have[0]!r}." if have else ".")
+        )
+    return adata.layers[layer]
+
+
+def read_counts(adata: Any, rows: Sequence[int] | slice | None = None, layer: str | None = "counts",
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rows of the count matrix as a dense float tensor, checked to be counts.
+
+    Dense arrays, SciPy sparse matrices and backed (on-disk) matrices all
+    read the same way; only the requested rows are read.
+
+    :param adata: an ``anndata.AnnData`` (backed or in memory).
+    :param rows: row indices or a slice; None: all cells.
+    :param str layer: a key of ``adata.layers``, or None for ``adata.X``.
+        Default ``"counts"``, where scvi-tools' users keep raw counts.
+    :param dtype: Default ``torch.get_default_dtype()``.
+    :raises DataError: for a missing layer, or entries that are not
+        non-negative whole numbers (normalised or log-transformed data).
+    """
+    block = _matrix(adata, layer)
+    if rows is not None:
+        block = block[rows]
+    if hasattr(block, "toarray"):
+        block = block.toarray()
+    block = np.asarray(block)
+    if block.ndim != 2:
+        raise DataError(f"the count matrix must be 2-D (cells, genes), got shape {block.shape}.")
+    if block.dtype.kind not in "biuf":
+        raise DataError(f"the count matrix must be numeric, got dtype {block.dtype}.")
+    bad = ~np.isfinite(block) | (block < 0) | (block != np.floor(block)) if block.dtype.kind == "f" else block < 0
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise DataError(
+            f"{where} must hold raw counts (non-negative integers); found {int(bad.sum())} other entries, "
+            f"e.g. [{i}, {j}] = {block[i, j]!r}. Normalised or log-transformed data are not counts: "
+            "try the layer that keeps the raw counts."
+        )
+    return torch.as_tensor(block, dtype=dtype or torch.get_default_dtype())
+
+
+def _codes(adata: Any, key: str, categories: Sequence[str] | None, what: str) -> tuple[torch.Tensor, tuple[str, ...]]:
+    if key not in adata.obs.columns:
+        raise DataError(
+            f"adata.obs has no column {key!r} for the {what}; its columns are {list(adata.obs.columns)}."
+        )
+    values = adata.obs[key].astype(str).to_numpy()
+    if categories is None:
+        categories = tuple(sorted(set(values)))
+    categories = tuple(str(c) for c in categories)
+    index = {c: i for i, c in enumerate(categories)}
+    unseen = sorted(set(values) - set(index))
+    if unseen:
+        raise DataError(
+            f"adata.obs[{key!r}] has {what} values {unseen[:5]} not among the {len(categories)} known ones "
+            f"{list(categories)[:10]}: a model cannot decode a {what} it never saw in training."
+        )
+    return torch.as_tensor(np.array([index[v] for v in values], dtype=np.int64)), categories
+
+
+def from_anndata(
+    adata: Any,
+    layer: str | None = "counts",
+    batch_key: str | None = "batch",
+    labels_key: str | None = None,
+    *,
+    batch_categories: Sequence[str] | None = None,
+    label_categories: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> CountData:
+    """Read counts, batches and labels from an AnnData object.
+
+    :param adata: an ``anndata.AnnData``, or the path of an ``.h5ad`` file
+        (read in full).
+    :param str layer: a key of ``adata.layers``, or None for ``adata.X``.
+        Default ``"counts"``.
+    :param str batch_key: the ``adata.obs`` column of batches; None: one batch.
+    :param str labels_key: an ``adata.obs`` column of labels (cell types), or None.
+    :param batch_categories: the batch name of each code, e.g. a training set's
+        :attr:`CountData.batch_categories`; default the sorted names present.
+    :param label_categories: likewise for the labels.
+    :param dtype: of the counts. Default ``torch.get_default_dtype()``.
+    :raises DataError: for a missing layer or column, non-count entries, or a
+        batch (label) not among ``batch_categories`` (``label_categories``).
+    """
+    anndata = require_anndata()
+    if not isinstance(adata, anndata.AnnData):
+        adata = anndata.read_h5ad(adata)
+    counts = read_counts(adata, layer=layer, dtype=dtype)
+    if batch_key is None:
+        batch, batches = torch.zeros(adata.n_obs, dtype=torch.long), ("0",)
+    else:
+        batch, batches = _codes(adata, batch_key, batch_categories, "batch")
+    labels = label_names = None
+    if labels_key is not None:
+        labels, label_names = _codes(adata, labels_key, label_categories, "label")
+    return CountData(counts=counts, batch=batch, labels=labels, batch_categories=batches,
+                     label_categories=label_names, genes=tuple(str(g) for g in adata.var_names))
+
+
+def write_latent(adata: Any, latent: Any, key: str = "X_pvae") -> None:
+    """Store an embedding ``(cells, dim)`` in ``adata.obsm[key]`` (as scvi-tools stores ``"X_scVI"``).
+
+    :param adata: the ``anndata.AnnData`` the cells came from.
+    :param latent: ``(cells, dim)`` tensor or array, e.g.
+        ``pvae.analysis.encode_mean(model, *data.args)``.
+    :param str key: Default ``"X_pvae"``.
+    :raises DataError: if the number of rows is not the number of cells.
+    """
+    z = np.asarray(latent.detach().cpu() if isinstance(latent, torch.Tensor) else latent)
+    if z.ndim != 2 or z.shape[0] != adata.n_obs:
+        raise DataError(f"latent must have shape ({adata.n_obs}, dim) (one row per cell), got {z.shape}.")
+    adata.obsm[key] = z
