@@ -8,7 +8,7 @@ labels, as :class:`CountData`; :func:`write_latent` stores an embedding in
 so a streaming loader can take a backed file a block of rows at a time.
 
 Batch codes follow the sorted batch names unless ``batch_categories`` are
-given: pass the training data's :attr:`CountData.batch_categories` when reading
+given: pass the training data's ``CountData.batch_categories`` when reading
 new data for a trained model, so that codes mean the same batches, and a batch
 the model never saw is an error rather than a silent relabelling.
 
@@ -153,7 +153,7 @@ def from_anndata(
     :param str batch_key: the ``adata.obs`` column of batches; None: one batch.
     :param str labels_key: an ``adata.obs`` column of labels (cell types), or None.
     :param batch_categories: the batch name of each code, e.g. a training set's
-        :attr:`CountData.batch_categories`; default the sorted names present.
+        ``CountData.batch_categories``; default the sorted names present.
     :param label_categories: likewise for the labels.
     :param dtype: of the counts. Default ``torch.get_default_dtype()``.
     :raises DataError: for a missing layer or column, non-count entries, or a

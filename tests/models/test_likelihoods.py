@@ -95,6 +95,27 @@ def _ref_negative_binomial(lik, raw, x):
     )
 
 
+def _ref_nb_mean(mu, r, x):
+    # the same density in scVI's (mean, inverse dispersion) form:
+    # log NB(x; mu, r) = lgamma(x + r) - lgamma(r) - lgamma(x + 1) + r log(r / (r + mu)) + x log(mu / (r + mu))
+    return (
+        torch.lgamma(x + r) - torch.lgamma(r) - torch.lgamma(x + 1)
+        + r * torch.log(r / (r + mu)) + x * torch.log(mu / (r + mu))
+    )
+
+
+def _ref_negative_binomial_log_mean(lik, raw, x):
+    return _ref_nb_mean(raw.exp(), _softplus_pos(lik.raw_total_count.detach()), x)
+
+
+def _ref_zinb(lik, raw, x):
+    # p(0) = pi + (1 - pi) NB(0), p(x) = (1 - pi) NB(x) for x > 0, pi = sigmoid(gate logits)
+    log_mean, gate = raw.split(lik.input_dim, dim=-1)
+    pi = torch.sigmoid(gate)
+    nb = _ref_nb_mean(log_mean.exp(), _softplus_pos(lik.raw_total_count.detach()), x)
+    return torch.where(x == 0, torch.log(pi + (1 - pi) * nb.exp()), torch.log1p(-pi) + nb)
+
+
 def _ref_categorical(lik, raw, x):
     # raw holds sum(CARDS) logits, feature j's block right after feature j-1's
     out, start = [], 0
@@ -141,6 +162,9 @@ FAMILIES = {
     "student_t": ("student_t", {"scale": 0.5, "df": 3.0}, D, _real, _ref_student_t(3.0, 0.5)),
     "poisson": ("poisson", {}, D, _counts, _ref_poisson),
     "negative_binomial": ("negative_binomial", {}, D, _counts, _ref_negative_binomial),
+    "negative_binomial_log_mean": ("negative_binomial", {"parameterization": "log_mean"}, D, _counts,
+                                   _ref_negative_binomial_log_mean),
+    "zinb": ("zero_inflated_negative_binomial", {"parameterization": "log_mean"}, D, _counts, _ref_zinb),
     "categorical": ("categorical", {"cardinalities": CARDS}, len(CARDS), _categories, _ref_categorical),
 }
 
@@ -167,6 +191,48 @@ def test_log_prob_matches_closed_form(family):
     want = ref(lik, raw.double(), x.double())
     assert got.shape == want.shape
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=RTOL)
+
+
+def test_zinb_tends_to_the_negative_binomial_as_the_zero_inflation_vanishes():
+    """gate logits -> -inf: pi -> 0 and log ZINB -> log NB, at zero and non-zero counts alike;
+    the error is O(pi) = O(e^gate)."""
+    zinb = make_likelihood("zero_inflated_negative_binomial", D, parameterization="log_mean")
+    nb = make_likelihood("negative_binomial", D, parameterization="log_mean")
+    log_mean = torch.randn(5, D, dtype=torch.float64)
+    x = _counts((5, D)).double()
+    x[:, 0] = 0.0
+    want = nb.double()(log_mean).log_prob(x)
+    for gate, tol in ((-10.0, 1e-4), (-25.0, 1e-10)):
+        got = zinb.double()(torch.cat([log_mean, torch.full_like(log_mean, gate)], -1)).log_prob(x)
+        torch.testing.assert_close(got, want, atol=tol, rtol=0)
+    # and pi -> 1: all mass on zero
+    d = zinb.double()(torch.cat([log_mean, torch.full_like(log_mean, 30.0)], -1))
+    assert torch.allclose(d.log_prob(torch.zeros(5, D, dtype=torch.float64)), torch.zeros(5, D, dtype=torch.float64),
+                          atol=1e-12)
+
+
+def test_log_mean_negative_binomial_has_the_decoded_mean_and_nb_variance():
+    lik = make_likelihood("negative_binomial", D, parameterization="log_mean")
+    with torch.no_grad():
+        lik.raw_total_count.copy_(torch.tensor([-1.0, 0.0, 1.0, 3.0]))
+    mu = torch.tensor([[0.5, 3.0, 20.0, 100.0]])
+    d = lik(mu.log())
+    r = _softplus_pos(lik.raw_total_count.detach()).float()
+    torch.testing.assert_close(d.mean, mu)
+    torch.testing.assert_close(d.variance, mu + mu**2 / r)
+
+
+def test_gene_batch_dispersion_picks_each_datums_row():
+    lik = make_likelihood("negative_binomial", D, parameterization="log_mean", dispersion_groups=3)
+    with torch.no_grad():
+        lik.raw_total_count.copy_(torch.arange(12.0).reshape(3, D))
+    group = torch.tensor([2, 0, 2])
+    d = lik(torch.zeros(3, D), group=group)
+    torch.testing.assert_close(d.total_count, _softplus_pos(lik.raw_total_count.detach())[group].float())
+    with pytest.raises(ValueError, match="dispersion groups"):
+        lik(torch.zeros(3, D))
+    with pytest.raises(ValueError, match="parameterization"):
+        make_likelihood("negative_binomial", D, parameterization="mean")
 
 
 def test_student_t_learned_df_starts_near_4_and_is_used():
