@@ -343,7 +343,11 @@ def fit(
         batch tensors as positional arguments (pvae's models or a user's pair).
         If it has a method ``on_train_step(epoch: float)``, it is called before
         every step with the fractional epoch: programs use it for their own
-        annealing schedules (e.g. a Gumbel-softmax temperature).
+        annealing schedules (e.g. a Gumbel-softmax temperature). If it has a
+        method ``on_fit_start(*data)``, it is called once before the first
+        step with the training tensors (the first batch of a loader), before
+        the parameters are collected: data-dependent initialisation, such as
+        :meth:`pvae.models.CountVAE.standardize_inputs`.
     :param data: a tensor ``(n, ...)``, a tuple of tensors sharing their first
         dimension (passed to the program as positional arguments, e.g.
         ``(x, mask)``), or an iterable of batches such as a ``DataLoader``.
@@ -433,6 +437,9 @@ def fit(
     if seed is not None:
         pyro.set_rng_seed(seed)
     first = next(_batches(program, tensors, loader, batch_size, False, device))
+    fit_start = getattr(program, "on_fit_start", None)
+    if callable(fit_start):
+        fit_start(*(tensors if tensors is not None else first))
     params = _collect_params(program, first)
     with pyro.validation_enabled(True), torch.no_grad():
         objective(program.model, program.guide, first, {}, 1.0)  # Pyro's checks, once

@@ -105,14 +105,15 @@ def _ref_nb_mean(mu, r, x):
 
 
 def _ref_negative_binomial_log_mean(lik, raw, x):
-    return _ref_nb_mean(raw.exp(), _softplus_pos(lik.raw_total_count.detach()), x)
+    # log-mean parameterisation: r = exp(raw dispersion), as scVI's px_r
+    return _ref_nb_mean(raw.exp(), lik.raw_total_count.detach().double().exp(), x)
 
 
 def _ref_zinb(lik, raw, x):
     # p(0) = pi + (1 - pi) NB(0), p(x) = (1 - pi) NB(x) for x > 0, pi = sigmoid(gate logits)
     log_mean, gate = raw.split(lik.input_dim, dim=-1)
     pi = torch.sigmoid(gate)
-    nb = _ref_nb_mean(log_mean.exp(), _softplus_pos(lik.raw_total_count.detach()), x)
+    nb = _ref_nb_mean(log_mean.exp(), lik.raw_total_count.detach().double().exp(), x)
     return torch.where(x == 0, torch.log(pi + (1 - pi) * nb.exp()), torch.log1p(-pi) + nb)
 
 
@@ -217,7 +218,7 @@ def test_log_mean_negative_binomial_has_the_decoded_mean_and_nb_variance():
         lik.raw_total_count.copy_(torch.tensor([-1.0, 0.0, 1.0, 3.0]))
     mu = torch.tensor([[0.5, 3.0, 20.0, 100.0]])
     d = lik(mu.log())
-    r = _softplus_pos(lik.raw_total_count.detach()).float()
+    r = lik.raw_total_count.detach().exp()
     torch.testing.assert_close(d.mean, mu)
     torch.testing.assert_close(d.variance, mu + mu**2 / r)
 
@@ -228,7 +229,7 @@ def test_gene_batch_dispersion_picks_each_datums_row():
         lik.raw_total_count.copy_(torch.arange(12.0).reshape(3, D))
     group = torch.tensor([2, 0, 2])
     d = lik(torch.zeros(3, D), group=group)
-    torch.testing.assert_close(d.total_count, _softplus_pos(lik.raw_total_count.detach())[group].float())
+    torch.testing.assert_close(d.total_count, lik.raw_total_count.detach().exp()[group])
     with pytest.raises(ValueError, match="dispersion groups"):
         lik(torch.zeros(3, D))
     with pytest.raises(ValueError, match="parameterization"):
