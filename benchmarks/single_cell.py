@@ -125,7 +125,7 @@ def _fmt(values):
         return "-"
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} +- {sd:.3f}" if abs(mean) < 10 else f"{mean:.1f} +- {sd:.1f}"
+    return f"{mean:.4f} +- {sd:.4f}" if abs(mean) < 10 else f"{mean:.1f} +- {sd:.1f}"
 
 
 def main() -> None:
@@ -200,6 +200,10 @@ def main() -> None:
     for name, rs in rows.items():
         if rs:
             print(f"| {name} | " + " | ".join(_fmt([r[c] for r in rs]) for c in COLUMNS) + " |")
+    if rows["scvi-tools"]:
+        ratios = [p["s_per_epoch"] / q["s_per_epoch"] for p, q in zip(rows["pvae"], rows["scvi-tools"])]
+        print(f"\npvae / scvi-tools seconds per epoch, paired by seed: {[round(r, 3) for r in ratios]}, "
+              f"median {statistics.median(ratios):.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": settings, "args": vars(args), "rows": rows}, indent=1, default=str))
