@@ -583,7 +583,7 @@ def test_validate_bool_int_and_complex_x():
 FIT_CASES = ["valid", "valid", "NaN where masked", "NaN observed", "off support", "mask shape",
              "mask values", "more features", "empty", "lengths differ", "1-D x"]
 OFF_SUPPORT = {"bernoulli": 0.5, "continuous_bernoulli": 1.5, "poisson": -1.0, "negative_binomial": 2.5,
-               "zero_inflated_negative_binomial": 0.5,
+               "zero_inflated_negative_binomial": 0.5, "ar1_normal": math.inf,
                "categorical": None, "normal": math.inf, "laplace": -math.inf, "student_t": math.inf}
 
 

@@ -10,7 +10,8 @@ Choosing a family (seeds 000 and 004): ``bernoulli`` for binary pixels or spike
 / no-spike bins, ``continuous_bernoulli`` for grey values in [0, 1] (Loaiza-Ganem
 and Cunningham 2019), ``normal`` for real values such as calcium-imaging
 fluorescence, ``laplace`` or ``student_t`` where heavy-tailed noise (salt and
-pepper) would make a Gaussian chase outliers, ``poisson`` for spike counts,
+pepper) would make a Gaussian chase outliers, ``ar1_normal`` for time series
+whose noise is autocorrelated (fMRI), ``poisson`` for spike counts,
 ``negative_binomial`` for over-dispersed counts (e.g. gene expression),
 ``zero_inflated_negative_binomial`` for counts with extra zeros (dropouts),
 ``categorical`` for integer-coded features with known cardinalities.
@@ -27,6 +28,7 @@ from torch.distributions.utils import broadcast_all
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from ..inputs import DataError, DataTypeError
+from .ar1 import AR1Normal
 from .nets import DiagonalNormal, EventWrapped, Independent, positive
 
 LikelihoodName = Literal[
@@ -35,6 +37,7 @@ LikelihoodName = Literal[
     "normal",
     "laplace",
     "student_t",
+    "ar1_normal",
     "poisson",
     "negative_binomial",
     "zero_inflated_negative_binomial",
@@ -252,6 +255,64 @@ class _StudentT(_LocScale):
         return d.loc.expand(d.batch_shape)
 
 
+class _AR1Normal(Likelihood):
+    """A time series (or a ``(regions, length)`` block, region by region) with
+    stationary AR(1) Gaussian noise around the decoder's output
+    (:class:`~pvae.models.ar1.AR1Normal`: exact log-density by whitening, missing
+    time points marginalised, reparameterised draws).
+
+    :param int length: time points per region; ``input_dim`` must be a multiple
+        of it (regions = input_dim / length). Default ``input_dim`` (one series).
+    :param rho: ``"learned"`` (through a tanh, starting at 0) or a number in (-1, 1).
+    :param scale: the marginal standard deviation, ``"learned"`` or a positive number.
+    :param bool per_region: one rho and one scale per region instead of one each. Default False.
+    """
+
+    name = "ar1_normal"
+    support_text = "the real line (finite values)"
+
+    def __init__(
+        self,
+        input_dim: int,
+        length: int | None = None,
+        rho: float | Literal["learned"] = "learned",
+        scale: float | Literal["learned"] = "learned",
+        per_region: bool = False,
+    ) -> None:
+        super().__init__(input_dim)
+        length = input_dim if length is None else length
+        if int(length) != length or length < 1 or input_dim % int(length):
+            raise ValueError(
+                f"length must be a positive integer dividing input_dim={input_dim} (time points per "
+                f"region), got {length!r}."
+            )
+        self.length = int(length)
+        width = input_dim // self.length if per_region else 1
+        if scale == "learned":
+            self.raw_scale, self.fixed_scale = nn.Parameter(torch.zeros(width)), None
+        elif isinstance(scale, (int, float)) and scale > 0:
+            self.raw_scale, self.fixed_scale = None, float(scale)
+        else:
+            raise ValueError(f"scale must be 'learned' or a positive number, got {scale!r}.")
+        if rho == "learned":
+            self.raw_rho, self.fixed_rho = nn.Parameter(torch.zeros(width)), None
+        elif isinstance(rho, (int, float)) and -1 < rho < 1:
+            self.raw_rho, self.fixed_rho = None, float(rho)
+        else:
+            raise ValueError(f"rho must be 'learned' or a number in (-1, 1), got {rho!r}.")
+
+    def scale(self) -> torch.Tensor | float:
+        """The marginal standard deviation :math:`\\sigma`, one or one per region."""
+        return positive(self.raw_scale) if self.raw_scale is not None else self.fixed_scale
+
+    def rho(self) -> torch.Tensor | float:
+        """:math:`\\rho = \\tanh(\\text{raw})`, one or one per region."""
+        return torch.tanh(self.raw_rho) if self.raw_rho is not None else self.fixed_rho
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        return AR1Normal(raw, self.rho(), self.scale(), self.length)
+
+
 def _is_count(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0) & (x == torch.floor(x)) & torch.isfinite(x)
 
@@ -414,6 +475,7 @@ LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {
         _Normal,
         _Laplace,
         _StudentT,
+        _AR1Normal,
         _Poisson,
         _NegativeBinomial,
         _ZeroInflatedNegativeBinomial,
@@ -426,12 +488,13 @@ def make_likelihood(name: LikelihoodName | Likelihood, input_dim: int, **kwargs)
     """Build the observation family ``name`` for ``input_dim`` features.
 
     :param str name: one of ``LIKELIHOODS`` (bernoulli, continuous_bernoulli,
-        normal, laplace, student_t, poisson, negative_binomial,
+        normal, laplace, student_t, ar1_normal, poisson, negative_binomial,
         zero_inflated_negative_binomial, categorical), or
         a ready :class:`Likelihood`, returned as is.
     :param int input_dim: features of ``x``.
     :param kwargs: family options: ``scale`` ("learned" or a number) for normal,
-        laplace and student_t; ``df`` for student_t; ``parameterization``
+        laplace and student_t; ``df`` for student_t; ``length``, ``rho`` and
+        ``per_region`` for ar1_normal; ``parameterization``
         (``"logits"`` or ``"log_mean"``) and ``dispersion_groups`` for the
         negative binomials; ``cardinalities`` for categorical.
     """
