@@ -4,12 +4,20 @@ Anomaly scores with calibration, latent-space tools (traversals, interpolation,
 prototype, arithmetic), decoder geometry (pullback metric, geodesics), inverse
 problems with a VAE prior, oracle-guided design in the latent space, mutation
 effects of protein variants and a validity filter for generated sequences,
+disentanglement against known factors (MIG, DCI),
 batch-integration measures of embeddings (batch mixing, batch and cell-type
 ASW, kNN accuracy), and figures (each writes one PNG and returns its path).
 """
 
 from .anomaly import AnomalyDetector, anomaly_scores, pearson_residuals
 from .design import LatentDesignResult, LatentPredictor, fit_latent_predictor, latent_optimize
+from .disentanglement import (
+    DCIScores,
+    DisentanglementResult,
+    dci,
+    disentanglement,
+    mutual_information_gap,
+)
 from .figures import (
     draw_image_grid,
     plot_geodesics,
@@ -71,6 +79,11 @@ __all__ = [
     "mutation_effects",
     "parse_mutations",
     "AnomalyDetector",
+    "DCIScores",
+    "DisentanglementResult",
+    "dci",
+    "disentanglement",
+    "mutual_information_gap",
     "LatentDesignResult",
     "LatentPredictor",
     "fit_latent_predictor",
