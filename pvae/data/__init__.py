@@ -29,10 +29,14 @@ from .msa import (
 )
 from .single_cell import CountData, from_anndata, read_counts, write_latent
 from .synthetic import (
+    FMRIBlocks,
     FourierModes,
     LatticeField,
     SimulatedCounts,
     SpikeTrains,
+    Sprites,
+    canonical_hrf,
+    fmri_blocks,
     fourier_modes,
     hidden_confounder_data,
     lattice_field,
@@ -40,6 +44,7 @@ from .synthetic import (
     lattice_spectrum,
     simulate_counts,
     spike_trains,
+    sprites,
 )
 
 __all__ = [
@@ -56,11 +61,15 @@ __all__ = [
     "CausalData",
     "CountData",
     "Dataset",
+    "FMRIBlocks",
     "FourierModes",
     "LatticeField",
     "SimulatedCounts",
     "SpikeTrains",
+    "Sprites",
+    "canonical_hrf",
     "check_data",
+    "fmri_blocks",
     "fourier_modes",
     "from_anndata",
     "hidden_confounder_data",
@@ -76,5 +85,6 @@ __all__ = [
     "read_counts",
     "simulate_counts",
     "spike_trains",
+    "sprites",
     "write_latent",
 ]

@@ -26,7 +26,9 @@ renormalisation group. The correlation length is :math:`\\xi \\approx 1/m`.
 
 :func:`spike_trains` simulates binned spike counts with known rates,
 :func:`simulate_counts` multi-batch single-cell RNA-seq counts (cell types,
-batch effects, library sizes, negative binomial noise), and
+batch effects, library sizes, negative binomial noise), :func:`sprites`
+binary images with independent known factors (dSprites' recipe),
+:func:`fmri_blocks` a block-design fMRI experiment with AR(1) noise, and
 :func:`hidden_confounder_data` the CEVAE paper's hidden-confounder experiment
 (a binary latent confounder seen only through noisy proxies; the true
 potential outcomes are returned, so every effect estimate can be scored).
@@ -52,10 +54,14 @@ import torch
 from .loaders import CausalData
 
 __all__ = [
+    "FMRIBlocks",
     "FourierModes",
     "LatticeField",
     "SimulatedCounts",
     "SpikeTrains",
+    "Sprites",
+    "canonical_hrf",
+    "fmri_blocks",
     "fourier_modes",
     "hidden_confounder_data",
     "lattice_field",
@@ -63,6 +69,7 @@ __all__ = [
     "lattice_spectrum",
     "simulate_counts",
     "spike_trains",
+    "sprites",
 ]
 
 
@@ -497,3 +504,202 @@ def simulate_counts(
     return SimulatedCounts(batch=torch.as_tensor(batch, dtype=torch.long),
                            cell_type=torch.as_tensor(cell_type, dtype=torch.long),
                            dispersion=float(dispersion), **floats)
+
+
+@dataclass(frozen=True, eq=False)
+class Sprites:
+    """Binary images of one shape each, with their independent generative factors.
+
+    :ivar torch.Tensor images: ``(n, size * size)`` pixels in {0, 1} (float).
+    :ivar torch.Tensor factors: ``(n, 5)`` int64 indices of shape, scale,
+        orientation, x position, y position.
+    :ivar tuple factor_names: ``("shape", "scale", "orientation", "x", "y")``.
+    :ivar tuple factor_values: the value of each index, per factor (shape names,
+        scales as a fraction of the largest, angles in radians, positions in [0, 1]).
+    :ivar int size: image side in pixels.
+    """
+
+    images: torch.Tensor
+    factors: torch.Tensor
+    factor_names: tuple[str, ...]
+    factor_values: tuple[tuple, ...]
+    size: int
+
+
+SPRITE_SHAPES = ("square", "ellipse", "triangle")
+
+
+def sprites(
+    num_images: int = 10000,
+    size: int = 32,
+    *,
+    num_scales: int = 6,
+    num_orientations: int = 20,
+    num_positions: int = 16,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Sprites:
+    """2-D sprites in the dSprites recipe (Matthey et al. 2017), drawn at random factor values.
+
+    Each image holds one white shape (square, ellipse or triangle; dSprites'
+    heart is replaced by a triangle) on black. Its five factors are drawn
+    independently and uniformly: shape; scale (``num_scales`` values from 0.5
+    to 1 of the largest size); orientation (``num_orientations`` angles in
+    :math:`[0, 2\\pi)`); x and y position (``num_positions`` values each, the
+    centre kept inside the frame). A pixel is on when its centre lies inside
+    the rotated, scaled shape. As in dSprites, the square's 90° and the
+    ellipse's 180° symmetry make orientation partly unidentifiable.
+
+    Reference: L. Matthey, I. Higgins, D. Hassabis, A. Lerchner. dSprites:
+    Disentanglement testing Sprites dataset, 2017.
+
+    :param int num_images: images.
+    :param int size: side in pixels. Default 32.
+    :param int num_scales: scale values. Default 6.
+    :param int num_orientations: orientation values. Default 20.
+    :param int num_positions: positions per axis. Default 16.
+    :param int seed: seed of a private NumPy generator.
+    :param dtype: of the images. Default ``torch.get_default_dtype()``.
+    """
+    n, size = _check_count("num_images", num_images), _check_count("size", size)
+    counts = (len(SPRITE_SHAPES), _check_count("num_scales", num_scales),
+              _check_count("num_orientations", num_orientations), _check_count("num_positions", num_positions),
+              num_positions)
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.integers(c, size=n) for c in counts], axis=1)
+    scales = np.linspace(0.5, 1.0, num_scales)
+    angles = np.arange(num_orientations) * 2 * np.pi / num_orientations
+    radius = 0.2  # of the frame, at scale 1
+    positions = np.linspace(radius * 1.2, 1 - radius * 1.2, num_positions)
+    grid = (np.arange(size) + 0.5) / size
+    py, px = np.meshgrid(grid, grid, indexing="ij")
+    images = np.empty((n, size, size), dtype=bool)
+    for start in range(0, n, 2048):
+        f = idx[start:start + 2048]
+        r = (radius * scales[f[:, 1]])[:, None, None]
+        c, s = np.cos(angles[f[:, 2]])[:, None, None], np.sin(angles[f[:, 2]])[:, None, None]
+        dx, dy = px - positions[f[:, 3]][:, None, None], py - positions[f[:, 4]][:, None, None]
+        u, v = (c * dx + s * dy) / r, (-s * dx + c * dy) / r
+        square = np.maximum(np.abs(u), np.abs(v)) <= 0.8
+        ellipse = u**2 + (v / 0.55) ** 2 <= 1.0
+        triangle = (v >= -0.5) & (v <= 1.0 - np.sqrt(3) * np.abs(u))
+        shape = f[:, 0][:, None, None]
+        images[start:start + 2048] = np.where(shape == 0, square, np.where(shape == 1, ellipse, triangle))
+    return Sprites(
+        images=torch.as_tensor(images.reshape(n, -1), dtype=dtype or torch.get_default_dtype()),
+        factors=torch.as_tensor(idx, dtype=torch.long),
+        factor_names=("shape", "scale", "orientation", "x", "y"),
+        factor_values=(SPRITE_SHAPES, tuple(scales), tuple(angles), tuple(positions), tuple(positions)),
+        size=size,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FMRIBlocks:
+    """Runs of a synthetic block-design fMRI experiment with AR(1) noise.
+
+    :ivar torch.Tensor x: ``(runs, regions * length)``, region by region.
+    :ivar torch.Tensor subject: ``(runs,)`` int64 subject of each run.
+    :ivar torch.Tensor task: ``(runs,)`` int64 task of each run.
+    :ivar torch.Tensor signal: ``(runs, regions * length)`` the noise-free mean.
+    :ivar torch.Tensor subject_maps: ``(subjects, regions)``.
+    :ivar torch.Tensor task_maps: ``(tasks, regions)``.
+    :ivar torch.Tensor time_course: ``(length,)`` the HRF-convolved block design (peak 1).
+    :ivar float rho: the AR(1) coefficient of the noise.
+    :ivar float noise_scale: its marginal standard deviation.
+    :ivar int length: time points per region.
+    """
+
+    x: torch.Tensor
+    subject: torch.Tensor
+    task: torch.Tensor
+    signal: torch.Tensor
+    subject_maps: torch.Tensor
+    task_maps: torch.Tensor
+    time_course: torch.Tensor
+    rho: float
+    noise_scale: float
+    length: int
+
+
+def canonical_hrf(tr: float = 2.0, duration: float = 32.0) -> np.ndarray:
+    """SPM's canonical double-gamma haemodynamic response sampled every ``tr`` seconds,
+    :math:`h(t) = \\frac{t^5 e^{-t}}{5!} - \\frac16 \\frac{t^{15} e^{-t}}{15!}`, scaled to peak 1."""
+    t = np.arange(0.0, duration, tr)
+    h = t**5 * np.exp(-t) / math.factorial(5) - t**15 * np.exp(-t) / math.factorial(15) / 6
+    return h / h.max()
+
+
+def fmri_blocks(
+    num_runs: int = 600,
+    num_subjects: int = 4,
+    num_tasks: int = 3,
+    num_regions: int = 8,
+    length: int = 60,
+    *,
+    rho: float = 0.6,
+    noise_scale: float = 1.0,
+    subject_scale: float = 1.0,
+    task_scale: float = 1.0,
+    block_length: int = 6,
+    tr: float = 2.0,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> FMRIBlocks:
+    """A block-design fMRI experiment in miniature, with known factors and AR(1) noise.
+
+    Each run is one subject doing one task (both uniform); each region's
+    series is the subject's spatial map (a constant offset), plus the task's
+    map times the block design convolved with the canonical HRF, plus
+    stationary AR(1) noise:
+
+    .. math::
+
+        x_{nrt} = a\\, S_{s_n r} + b\\, K_{k_n r}\\, c_t + e_{nrt}, \\qquad
+        c = \\mathrm{boxcar} * h, \\qquad
+        e_{nr,t} = \\rho e_{nr,t-1} + \\sigma \\sqrt{1-\\rho^2}\\, \\eta_{nrt},
+
+    maps :math:`S, K` standard normal, the boxcar alternating
+    ``block_length`` scans off and on. With large :math:`\\rho` the noise
+    drifts slowly, like the signal: an independent-noise likelihood reads the
+    drift as structure.
+
+    :param int num_runs: runs (data points).
+    :param int num_subjects: subjects.
+    :param int num_tasks: tasks.
+    :param int num_regions: regions per run.
+    :param int length: scans per run.
+    :param float rho: AR(1) coefficient of the noise, in (-1, 1).
+    :param float noise_scale: marginal sd :math:`\\sigma` of the noise.
+    :param float subject_scale: :math:`a`.
+    :param float task_scale: :math:`b`.
+    :param int block_length: scans per off or on block.
+    :param float tr: seconds per scan (for the HRF).
+    :param int seed: seed of a private NumPy generator.
+    :param dtype: Default ``torch.get_default_dtype()``.
+    """
+    n, r, t = _check_count("num_runs", num_runs), _check_count("num_regions", num_regions), _check_count("length", length)
+    ns, nk = _check_count("num_subjects", num_subjects), _check_count("num_tasks", num_tasks)
+    if not (isinstance(rho, (int, float)) and -1 < rho < 1):
+        raise ValueError(f"rho must lie in (-1, 1), got {rho!r}.")
+    if not (isinstance(noise_scale, (int, float)) and noise_scale > 0):
+        raise ValueError(f"noise_scale must be positive, got {noise_scale!r}.")
+    rng = np.random.default_rng(seed)
+    subject_maps, task_maps = rng.normal(size=(ns, r)), rng.normal(size=(nk, r))
+    boxcar = (np.arange(t) // _check_count("block_length", block_length)) % 2
+    course = np.convolve(boxcar, canonical_hrf(tr))[:t]
+    course = course / course.max()
+    subject, task = rng.integers(ns, size=n), rng.integers(nk, size=n)
+    signal = (subject_scale * subject_maps[subject][:, :, None]
+              + task_scale * task_maps[task][:, :, None] * course[None, None, :])
+    noise = np.empty((n, r, t))
+    noise[..., 0] = rng.normal(size=(n, r))
+    innovations = rng.normal(size=(n, r, t)) * math.sqrt(1 - rho**2)
+    for step in range(1, t):
+        noise[..., step] = rho * noise[..., step - 1] + innovations[..., step]
+    dtype = dtype or torch.get_default_dtype()
+    floats = {k: torch.as_tensor(v, dtype=dtype) for k, v in (
+        ("x", (signal + noise_scale * noise).reshape(n, -1)), ("signal", signal.reshape(n, -1)),
+        ("subject_maps", subject_maps), ("task_maps", task_maps), ("time_course", course))}
+    return FMRIBlocks(subject=torch.as_tensor(subject), task=torch.as_tensor(task), rho=float(rho),
+                      noise_scale=float(noise_scale), length=t, **floats)

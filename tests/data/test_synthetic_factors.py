@@ -1,0 +1,48 @@
+"""Generators with known independent factors: sprites and block-design fMRI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import mutual_info_score
+
+from pvae.data import canonical_hrf, fmri_blocks, sprites
+
+
+def test_sprites_are_deterministic_binary_and_their_factors_independent():
+    a, b = sprites(3000, seed=4), sprites(3000, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.factors, b.factors)
+    assert not torch.equal(a.images, sprites(3000, seed=5).images)
+    assert a.images.shape == (3000, 32 * 32) and set(a.images.unique().tolist()) == {0.0, 1.0}
+    assert a.factor_names == ("shape", "scale", "orientation", "x", "y")
+    f = a.factors.numpy()
+    assert [len(np.unique(c)) for c in f.T] == [3, 6, 20, 16, 16]
+    # pairwise mutual information of independent uniform factors: only the plug-in bias,
+    # about (|A| - 1)(|B| - 1) / (2 n) nats
+    for i in range(5):
+        for j in range(i + 1, 5):
+            bias = (len(np.unique(f[:, i])) - 1) * (len(np.unique(f[:, j])) - 1) / (2 * len(f))
+            assert mutual_info_score(f[:, i], f[:, j]) < 2.5 * bias + 1e-3
+    # each image shows its factors: more pixels on at larger scale, the centre of mass at (x, y)
+    area = a.images.sum(1).numpy()
+    assert np.corrcoef(area, f[:, 1])[0, 1] > 0.8
+    grid = (np.arange(32) + 0.5) / 32
+    img = a.images.numpy().reshape(-1, 32, 32)
+    cx = (img.sum(1) * grid).sum(1) / area
+    assert np.abs(cx - np.array(a.factor_values[3])[f[:, 3]]).max() < 0.06
+
+
+def test_fmri_noise_is_ar1_with_the_asked_rho_and_the_signal_follows_the_design():
+    d = fmri_blocks(400, num_regions=5, length=80, rho=0.7, noise_scale=1.5, seed=0)
+    e = (d.x - d.signal).reshape(400, 5, 80).numpy()
+    assert e.std() == pytest.approx(1.5, rel=0.03)
+    lag1 = (e[..., 1:] * e[..., :-1]).mean() / e.var()
+    assert lag1 == pytest.approx(0.7, abs=0.02)
+    sig = d.signal.reshape(400, 5, 80)
+    expected = d.subject_maps[d.subject][:, :, None] + d.task_maps[d.task][:, :, None] * d.time_course
+    torch.testing.assert_close(sig, expected)
+    h = canonical_hrf(2.0)
+    assert h.argmax() * 2.0 == pytest.approx(5.0, abs=1.0) and h.min() < 0  # peak near 5 s, undershoot
+    with pytest.raises(ValueError, match="rho"):
+        fmri_blocks(10, rho=1.0)
