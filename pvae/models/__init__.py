@@ -5,6 +5,7 @@ the oracles (exact evidence and posteriors, for tests and tutorials) do not.
 """
 
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE, ModelGuidePair, Program, as_program
+from .ar1 import AR1Normal
 from .likelihoods import LIKELIHOODS, Likelihood, SupportError, make_likelihood
 from .nets import NormalHead, mlp
 from .registry import Example, ModelEntry, get_model, list_models, model_entry, register_model
@@ -26,6 +27,7 @@ __all__ = [
     "LATENT_SITE",
     "LIKELIHOODS",
     "OBS_SITE",
+    "AR1Normal",
     "VAE",
     "AutoregressiveCategorical",
     "BetaBernoulliCoin",

@@ -258,7 +258,7 @@ class _StudentT(_LocScale):
 class _AR1Normal(Likelihood):
     """A time series (or a ``(regions, length)`` block, region by region) with
     stationary AR(1) Gaussian noise around the decoder's output
-    (:class:`~pvae.models.ar1.AR1Normal`: exact log-density by whitening, missing
+    (:class:`~pvae.models.AR1Normal`: exact log-density by whitening, missing
     time points marginalised, reparameterised draws).
 
     :param int length: time points per region; ``input_dim`` must be a multiple
