@@ -115,10 +115,14 @@ def _chunks(args: tuple, batch_size: int | None):
 
 # -- Pearson residuals --------------------------------------------------------------
 def _unwrap_mask(fn) -> torch.Tensor | None:
-    """The ``.mask(...)`` of an (Independent of a) masked distribution, or None."""
+    """The ``.mask(...)`` of an (Independent of a) masked distribution, or None
+    (a family that marginalises its own missing entries, such as
+    :class:`~pvae.models.AR1Normal`, keeps the mask as ``obs_mask``)."""
     while True:
         if isinstance(fn, MaskedDistribution):
             return fn._mask
+        if getattr(fn, "obs_mask", None) is not None:
+            return fn.obs_mask
         if isinstance(fn, Independent):
             fn = fn.base_dist
             continue

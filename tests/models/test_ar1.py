@@ -124,3 +124,14 @@ def test_a_vae_with_ar1_noise_trains_with_missing_time_points():
     fit = pvae.fit(vae, (torch.where(mask, x, torch.nan), mask), num_epochs=2, batch_size=32, seed=0,
                    progress=False, diagnostics_every=None)
     assert math.isfinite(fit.history[-1]["loss"])
+
+
+def test_pearson_residuals_of_an_ar1_program_are_nan_where_scans_are_missing():
+    from pvae.analysis import pearson_residuals
+
+    x = AR1Normal(torch.zeros(16, 10), 0.5, 1.0, 10).sample()
+    mask = torch.ones(16, 10, dtype=torch.bool)
+    mask[:, 3] = False
+    vae = VAE(10, latent_dim=2, hidden_dims=(8,), likelihood="ar1_normal")
+    r = pearson_residuals(vae, torch.where(mask, x, torch.nan), mask, num_samples=4)
+    assert torch.isnan(r[:, 3]).all() and torch.isfinite(r[mask]).all()
