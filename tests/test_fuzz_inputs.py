@@ -490,6 +490,8 @@ def _in_support(likelihood: str, x: torch.Tensor) -> torch.Tensor:
         return (v == 0) | (v == 1)
     if likelihood == "continuous_bernoulli":
         return (v >= 0) & (v <= 1)
+    if likelihood == "von_mises":
+        return (v >= 0) & (v < 1)
     if likelihood in ("poisson", "negative_binomial", "zero_inflated_negative_binomial"):
         return whole
     if likelihood == "categorical":
@@ -502,6 +504,8 @@ def _valid_values(likelihood: str):
         return st.sampled_from([0.0, 1.0])
     if likelihood == "continuous_bernoulli":
         return st.floats(0, 1)
+    if likelihood == "von_mises":
+        return st.floats(0, 0.999)
     if likelihood in ("poisson", "negative_binomial", "zero_inflated_negative_binomial"):
         return st.integers(0, 20).map(float)
     if likelihood == "categorical":
@@ -584,6 +588,7 @@ FIT_CASES = ["valid", "valid", "NaN where masked", "NaN observed", "off support"
              "mask values", "more features", "empty", "lengths differ", "1-D x"]
 OFF_SUPPORT = {"bernoulli": 0.5, "continuous_bernoulli": 1.5, "poisson": -1.0, "negative_binomial": 2.5,
                "zero_inflated_negative_binomial": 0.5, "ar1_normal": math.inf,
+               "von_mises": 1.5,
                "categorical": None, "normal": math.inf, "laplace": -math.inf, "student_t": math.inf}
 
 
@@ -648,11 +653,12 @@ def test_fit_trains_or_raises_data_errors(likelihood, data):
 def test_fit_one_row_trains(likelihood):
     """One data point trains, with and without a mask (NaN at the masked entry)."""
     d = 2
-    x = torch.tensor([[1.0, 0.0]])
+    first = 0.5 if likelihood == "von_mises" else 1.0  # the periodic support is [0, 1)
+    x = torch.tensor([[first, 0.0]])
     vae = _make_vae(likelihood, d)
     assert math.isfinite(_fit(vae, x).history[0]["loss"])
     mask = torch.tensor([[True, False]])
-    x_nan = torch.tensor([[1.0, math.nan]])
+    x_nan = torch.tensor([[first, math.nan]])
     assert math.isfinite(_fit(_make_vae(likelihood, d), (x_nan, mask)).history[0]["loss"])
 
 

@@ -21,6 +21,7 @@ from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorica
 from .sequence import AutoregressiveCategorical, GRUSequenceDecoder, SequenceLogits, SequenceVAE
 from .sequential import SequentialVAE
 from .ssvae import SemiSupervisedVAE
+from .structures import cartesian_from_internal, internal_coordinates, lattice_from_raw, minimum_image_distance
 
 __all__ = [
     "DATA_PLATE",
@@ -54,11 +55,15 @@ __all__ = [
     "SiteIndependentModel",
     "SupportError",
     "as_program",
+    "cartesian_from_internal",
     "categorical_kl",
     "get_model",
+    "internal_coordinates",
+    "lattice_from_raw",
     "list_models",
     "make_likelihood",
     "mlp",
+    "minimum_image_distance",
     "model_entry",
     "ppca",
     "principal_angles",

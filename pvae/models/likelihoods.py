@@ -11,7 +11,8 @@ Choosing a family (seeds 000 and 004): ``bernoulli`` for binary pixels or spike
 and Cunningham 2019), ``normal`` for real values such as calcium-imaging
 fluorescence, ``laplace`` or ``student_t`` where heavy-tailed noise (salt and
 pepper) would make a Gaussian chase outliers, ``ar1_normal`` for time series
-whose noise is autocorrelated (fMRI), ``poisson`` for spike counts,
+whose noise is autocorrelated (fMRI), ``von_mises`` for periodic coordinates
+(fractional coordinates of a crystal, angles), ``poisson`` for spike counts,
 ``negative_binomial`` for over-dispersed counts (e.g. gene expression),
 ``zero_inflated_negative_binomial`` for counts with extra zeros (dropouts),
 ``categorical`` for integer-coded features with known cardinalities.
@@ -19,6 +20,7 @@ whose noise is autocorrelated (fMRI), ``poisson`` for spike counts,
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, Sequence
 
 import pyro.distributions as dist
@@ -38,6 +40,7 @@ LikelihoodName = Literal[
     "laplace",
     "student_t",
     "ar1_normal",
+    "von_mises",
     "poisson",
     "negative_binomial",
     "zero_inflated_negative_binomial",
@@ -313,6 +316,87 @@ class _AR1Normal(Likelihood):
         return AR1Normal(raw, self.rho(), self.scale(), self.length)
 
 
+class _VonMises(Likelihood):
+    """Periodic coordinates: fractional coordinates in [0, 1), angles in [0, 2pi), phases.
+
+    Each feature lives on a circle of circumference ``period``; with
+    :math:`\\theta = 2\\pi x / \\text{period}`,
+
+    .. math::
+
+        p(x) = \\frac{2\\pi}{\\text{period}}
+            \\frac{e^{\\kappa \\cos(\\theta - \\mu)}}{2\\pi I_0(\\kappa)},
+
+    so 0.99 and 0.01 are neighbours (a squared error calls them 0.98 apart).
+    The decoder gives two outputs per feature, read as a point :math:`(c, s)`
+    in the plane whose angle is the location, :math:`\\mu = \\operatorname{atan2}(s, c)`:
+    no seam at :math:`\\pm\\pi` for the network to jump. The concentration
+    :math:`\\kappa` is learned per feature (softplus, starting at 1). Point
+    reconstructions and draws are wrapped into ``[0, period)``.
+
+    :param float period: circumference in the data's units. Default 1
+        (fractional coordinates); ``2 * math.pi`` for angles in radians.
+    """
+
+    name = "von_mises"
+    hint = "rescaling x into [0, period) (e.g. x % 1 for fractional coordinates), or likelihood='normal'"
+
+    def __init__(self, input_dim: int, period: float = 1.0) -> None:
+        super().__init__(input_dim)
+        if not (isinstance(period, (int, float)) and math.isfinite(period) and period > 0):
+            raise ValueError(f"period must be a positive number, got {period!r}.")
+        self.period = float(period)
+        self.support_text = f"[0, {self.period:g})"
+        self.raw_concentration = nn.Parameter(torch.full((input_dim,), 0.5413))  # softplus -> 1
+
+    @property
+    def output_dim(self) -> int:
+        return 2 * self.input_dim
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        c, s = raw.split(self.input_dim, dim=-1)
+        return _PeriodicVonMises(torch.atan2(s, c), positive(self.raw_concentration), self.period)
+
+    def point(self, d: dist.TorchDistribution) -> torch.Tensor:
+        return d.location_on_period()
+
+    def _in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return (x >= 0) & (x < self.period)
+
+
+class _PeriodicVonMises(dist.VonMises):
+    """A von Mises on a circle of circumference ``period``: values in data units."""
+
+    def __init__(self, loc: torch.Tensor, concentration: torch.Tensor, period: float, validate_args=None) -> None:
+        self.period = period
+        super().__init__(loc, concentration, validate_args=False)
+
+    @property
+    def support(self):
+        return dist.constraints.real
+
+    def _angle(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (2 * math.pi / self.period)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(self._angle(value)) + math.log(2 * math.pi / self.period)
+
+    def location_on_period(self) -> torch.Tensor:
+        """The location in data units, in ``[0, period)``."""
+        return torch.remainder(self.loc, 2 * math.pi) * (self.period / (2 * math.pi))
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return torch.remainder(super().sample(sample_shape), 2 * math.pi) * (self.period / (2 * math.pi))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.location_on_period()
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return _PeriodicVonMises(self.loc.expand(batch_shape), self.concentration.expand(batch_shape), self.period)
+
+
 def _is_count(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0) & (x == torch.floor(x)) & torch.isfinite(x)
 
@@ -476,6 +560,7 @@ LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {
         _Laplace,
         _StudentT,
         _AR1Normal,
+        _VonMises,
         _Poisson,
         _NegativeBinomial,
         _ZeroInflatedNegativeBinomial,
@@ -488,13 +573,14 @@ def make_likelihood(name: LikelihoodName | Likelihood, input_dim: int, **kwargs)
     """Build the observation family ``name`` for ``input_dim`` features.
 
     :param str name: one of ``LIKELIHOODS`` (bernoulli, continuous_bernoulli,
-        normal, laplace, student_t, ar1_normal, poisson, negative_binomial,
+        normal, laplace, student_t, ar1_normal, von_mises, poisson, negative_binomial,
         zero_inflated_negative_binomial, categorical), or
         a ready :class:`Likelihood`, returned as is.
     :param int input_dim: features of ``x``.
     :param kwargs: family options: ``scale`` ("learned" or a number) for normal,
         laplace and student_t; ``df`` for student_t; ``length``, ``rho`` and
-        ``per_region`` for ar1_normal; ``parameterization``
+        ``per_region`` for ar1_normal; ``period`` for von_mises;
+        ``parameterization``
         (``"logits"`` or ``"log_mean"``) and ``dispersion_groups`` for the
         negative binomials; ``cardinalities`` for categorical.
     """
