@@ -29,6 +29,7 @@ from .msa import (
 )
 from .single_cell import CountData, from_anndata, read_counts, write_latent
 from .synthetic import (
+    Chains,
     FMRIBlocks,
     FourierModes,
     LatticeField,
@@ -36,6 +37,7 @@ from .synthetic import (
     SpikeTrains,
     Sprites,
     canonical_hrf,
+    chains,
     fmri_blocks,
     fourier_modes,
     hidden_confounder_data,
@@ -59,6 +61,7 @@ __all__ = [
     "sequence_weights",
     "IHDP_COLUMNS",
     "CausalData",
+    "Chains",
     "CountData",
     "Dataset",
     "FMRIBlocks",
@@ -68,6 +71,7 @@ __all__ = [
     "SpikeTrains",
     "Sprites",
     "canonical_hrf",
+    "chains",
     "check_data",
     "fmri_blocks",
     "fourier_modes",

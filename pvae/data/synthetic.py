@@ -54,6 +54,7 @@ import torch
 from .loaders import CausalData
 
 __all__ = [
+    "Chains",
     "FMRIBlocks",
     "FourierModes",
     "LatticeField",
@@ -61,6 +62,7 @@ __all__ = [
     "SpikeTrains",
     "Sprites",
     "canonical_hrf",
+    "chains",
     "fmri_blocks",
     "fourier_modes",
     "hidden_confounder_data",
@@ -703,3 +705,76 @@ def fmri_blocks(
         ("subject_maps", subject_maps), ("task_maps", task_maps), ("time_course", course))}
     return FMRIBlocks(subject=torch.as_tensor(subject), task=torch.as_tensor(task), rho=float(rho),
                       noise_scale=float(noise_scale), length=t, **floats)
+
+
+@dataclass(frozen=True, eq=False)
+class Chains:
+    """Chains of atoms with known bond-length, angle and dihedral distributions.
+
+    :ivar torch.Tensor xyz: ``(n, atoms, 3)`` Cartesian coordinates.
+    :ivar torch.Tensor internal: ``(n, 3 * atoms - 6)`` bonds, angles, dihedrals
+        (the features of ``likelihood="internal_coordinates"``).
+    :ivar float bond_mean: mean bond length.
+    :ivar float bond_sd: its standard deviation.
+    :ivar float angle_mean: mean bond angle (radians).
+    :ivar float angle_sd: its standard deviation.
+    :ivar tuple dihedral_modes: the dihedral rotamers (radians).
+    """
+
+    xyz: torch.Tensor
+    internal: torch.Tensor
+    bond_mean: float
+    bond_sd: float
+    angle_mean: float
+    angle_sd: float
+    dihedral_modes: tuple[float, ...]
+
+
+def chains(
+    num_chains: int = 2000,
+    atoms: int = 10,
+    *,
+    bond_mean: float = 1.53,
+    bond_sd: float = 0.02,
+    angle_mean: float = 1.94,
+    angle_sd: float = 0.04,
+    dihedral_modes: tuple[float, ...] = (math.pi, math.pi / 3, -math.pi / 3),
+    dihedral_sd: float = 0.15,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Chains:
+    """Alkane-like chains: normal bond lengths (1.53 +- 0.02 Å, C-C), normal bond
+    angles (1.94 rad = 111° +- 2.3°), dihedrals from the trans (180°) and gauche
+    (±60°) rotamers with equal weights and spread ``dihedral_sd``, built by NeRF
+    (:func:`pvae.models.cartesian_from_internal`) and placed at a random
+    orientation. The Cartesian chains vary a lot in shape (rotamers) while their
+    bond lengths hardly vary: the case where a Cartesian squared error learns
+    the shapes and not the bonds (seed 003).
+
+    :param int num_chains: chains.
+    :param int atoms: atoms per chain (>= 4).
+    :param int seed: seed of a private generator.
+    :param dtype: Default ``torch.get_default_dtype()``.
+    """
+    from ..models.structures import cartesian_from_internal
+
+    n, atoms = _check_count("num_chains", num_chains), _check_count("atoms", atoms)
+    if atoms < 4:
+        raise ValueError(f"atoms must be >= 4 (a dihedral needs four), got {atoms}.")
+    g = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**31, ())))
+    f64 = torch.float64
+    bonds = bond_mean + bond_sd * torch.randn(n, atoms - 1, generator=g, dtype=f64)
+    angles = angle_mean + angle_sd * torch.randn(n, atoms - 2, generator=g, dtype=f64)
+    modes = torch.tensor(dihedral_modes, dtype=f64)
+    pick = torch.randint(len(dihedral_modes), (n, atoms - 3), generator=g)
+    dihedrals = modes[pick] + dihedral_sd * torch.randn(n, atoms - 3, generator=g, dtype=f64)
+    dihedrals = torch.remainder(dihedrals + math.pi, 2 * math.pi) - math.pi
+    xyz = cartesian_from_internal(bonds, angles, dihedrals)
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=g, dtype=f64))
+    rotation = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    rotation[..., 0] *= torch.linalg.det(rotation).sign().unsqueeze(-1)  # proper: a mirror flips dihedrals
+    xyz = (xyz - xyz.mean(-2, keepdim=True)) @ rotation
+    dtype = dtype or torch.get_default_dtype()
+    return Chains(xyz=xyz.to(dtype), internal=torch.cat([bonds, angles, dihedrals], -1).to(dtype),
+                  bond_mean=float(bond_mean), bond_sd=float(bond_sd), angle_mean=float(angle_mean),
+                  angle_sd=float(angle_sd), dihedral_modes=tuple(float(m) for m in dihedral_modes))
