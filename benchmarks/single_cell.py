@@ -109,14 +109,10 @@ def _scvi(python, folder, seed):
     return out["latent"], float(out["elbo"]), float(out["seconds"]), float(out["epoch_seconds"])
 
 
-def _row(latent, b, t, elbo=float("nan"), seconds=float("nan"), epoch_seconds=float("nan")):
+def _row(b, t, latent, elbo=float("nan"), seconds=float("nan"), epoch_seconds=float("nan")):
+    """One method's measures: integration metrics of ``latent``, then the training figures."""
     m = integration_metrics(latent, b.numpy(), t.numpy()).to_dict()
     return {**m, "heldout_elbo": elbo, "train_s": seconds, "s_per_epoch": epoch_seconds}
-
-
-def _with_labels(result, b, t):
-    latent, *rest = result
-    return (latent, b, t, *rest)
 
 
 def _fmt(values):
@@ -174,7 +170,7 @@ def main() -> None:
 
     rows: dict[str, list[dict]] = {"pvae": [], "scvi-tools": [], "nb-vae": [], "pca": []}
     lognorm = np.log1p(x.numpy() / np.maximum(x.numpy().sum(1, keepdims=True), 1) * 1e4)
-    rows["pca"].append(_row(PCA(args.latent, random_state=0).fit_transform(lognorm), b, t))
+    rows["pca"].append(_row(b, t, PCA(args.latent, random_state=0).fit_transform(lognorm)))
     for with_batch in (True, False):  # warm-up: Pyro's and torch's first-call costs out of the timings
         _pvae(x[:512], b[:512], np.arange(256), np.arange(256, 512), args, 0, with_batch, epochs=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,10 +184,10 @@ def main() -> None:
                 "likelihood": args.likelihood, "epochs": args.epochs, "batch_size": args.batch_size,
                 "lr": args.lr, "kl_warmup": args.kl_warmup}))
         for seed in args.seeds:
-            rows["pvae"].append(_row(*_with_labels(_pvae(x, b, train, test, args, seed, True), b, t)))
+            rows["pvae"].append(_row(b, t, *_pvae(x, b, train, test, args, seed, True)))
             if python is not None:
-                rows["scvi-tools"].append(_row(*_with_labels(_scvi(python, folder, seed), b, t)))
-            rows["nb-vae"].append(_row(*_with_labels(_pvae(x, b, train, test, args, seed, False), b, t)))
+                rows["scvi-tools"].append(_row(b, t, *_scvi(python, folder, seed)))
+            rows["nb-vae"].append(_row(b, t, *_pvae(x, b, train, test, args, seed, False)))
             print(f"seed {seed}: " + "; ".join(f"{k} {json.dumps({c: round(v, 3) for c, v in r[-1].items()})}"
                                               for k, r in rows.items() if r), flush=True)
 

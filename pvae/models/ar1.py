@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 
 __all__ = ["AR1Normal"]
@@ -118,13 +119,10 @@ class AR1Normal(TorchDistribution):
         rho, scale = self._per_region(self.rho), self._per_region(self.scale)
         e = self._blocks(value - self.loc)
         if self.obs_mask is None:
-            prev = torch.cat([torch.zeros_like(e[..., :1]), e[..., :-1]], dim=-1)
-            first = torch.zeros_like(e, dtype=torch.bool)
-            first[..., 0] = True
-            rho_k = torch.where(first, torch.zeros_like(e), rho.expand_as(e))
-            cond_mean = rho_k * prev
-            cond_var = scale.pow(2) * (1 - rho_k.pow(2))
-            return self._normal(e, cond_mean, cond_var).flatten(-2)
+            # scan t given scan t-1; the first scan has rho^0 -> 0: the stationary term
+            prev = F.pad(e[..., :-1], (1, 0))
+            rho_k = F.pad(rho.expand_as(e)[..., 1:], (1, 0))
+            return self._normal(e, rho_k * prev, scale.pow(2) * (1 - rho_k.pow(2))).flatten(-2)
         m = self._blocks(self.obs_mask).expand(e.shape)
         e = torch.where(m, e, torch.zeros_like(e))  # never compute with a missing value (it may be NaN)
         t = torch.arange(self.length, device=e.device)

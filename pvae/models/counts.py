@@ -202,12 +202,6 @@ class CountVAE(_EncoderDecoder):
             return None
         return one_hot(batch, self.num_batches, self.prior_loc.dtype)
 
-    @staticmethod
-    def _join(a: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        if c is None:
-            return a
-        return torch.cat([a, c.expand(*a.shape[:-1], c.shape[-1])], dim=-1)
-
     def log_library(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """:math:`\\log l_n`, the log of each cell's total count (at least 1): ``(cells, 1)``."""
         return self._observed(x, mask).sum(-1, keepdim=True).clamp(min=1.0).log()
@@ -294,8 +288,7 @@ class CountVAE(_EncoderDecoder):
             default each cell's observed library.
         :param int num_samples: draws of z per cell; 1 uses the mean.
         """
-        batch = self._codes(batch, x.shape[0])
-        loc, scale = self.encode(x, batch)
+        loc, scale = self.encode(x, batch)  # checks the batch codes
         if num_samples == 1:
             z = loc
         else:

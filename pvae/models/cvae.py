@@ -167,11 +167,6 @@ class ConditionalVAE(_EncoderDecoder):
         if not torch.isfinite(cc).all():
             raise DataError("c has NaN or infinite entries. Try imputing the condition, or dropping those rows.")
 
-    @staticmethod
-    def _join(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        # c is (batch, C); a may carry particle dims in front: (..., batch, D)
-        return torch.cat([a, c.expand(*a.shape[:-1], c.shape[-1])], dim=-1)
-
     # -- the program -------------------------------------------------------------
     @pyro_method
     def model(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

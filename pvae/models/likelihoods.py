@@ -200,14 +200,15 @@ class _ContinuousBernoulli(Likelihood):
 
 class _LocScale(Likelihood):
     """Location-scale families: the decoder gives the location; the scale is a
-    fixed number or a learned per-feature parameter."""
+    fixed number or a learned parameter, one per feature (or ``scale_width`` of them)."""
 
     support_text = "the real line (finite values)"
 
-    def __init__(self, input_dim: int, scale: float | Literal["learned"] = "learned") -> None:
+    def __init__(self, input_dim: int, scale: float | Literal["learned"] = "learned",
+                 scale_width: int | None = None) -> None:
         super().__init__(input_dim)
         if scale == "learned":
-            self.raw_scale = nn.Parameter(torch.zeros(input_dim))
+            self.raw_scale = nn.Parameter(torch.zeros(input_dim if scale_width is None else scale_width))
             self.fixed_scale = None
         elif isinstance(scale, (int, float)) and scale > 0:
             self.raw_scale = None
@@ -260,7 +261,7 @@ class _StudentT(_LocScale):
         return d.loc.expand(d.batch_shape)
 
 
-class _AR1Normal(Likelihood):
+class _AR1Normal(_LocScale):
     """A time series (or a ``(regions, length)`` block, region by region) with
     stationary AR(1) Gaussian noise around the decoder's output
     (:class:`~pvae.models.AR1Normal`: exact log-density by whitening, missing
@@ -274,7 +275,6 @@ class _AR1Normal(Likelihood):
     """
 
     name = "ar1_normal"
-    support_text = "the real line (finite values)"
 
     def __init__(
         self,
@@ -284,31 +284,21 @@ class _AR1Normal(Likelihood):
         scale: float | Literal["learned"] = "learned",
         per_region: bool = False,
     ) -> None:
-        super().__init__(input_dim)
         length = input_dim if length is None else length
         if int(length) != length or length < 1 or input_dim % int(length):
             raise ValueError(
                 f"length must be a positive integer dividing input_dim={input_dim} (time points per "
                 f"region), got {length!r}."
             )
+        width = input_dim // int(length) if per_region else 1
+        super().__init__(input_dim, scale, scale_width=width)
         self.length = int(length)
-        width = input_dim // self.length if per_region else 1
-        if scale == "learned":
-            self.raw_scale, self.fixed_scale = nn.Parameter(torch.zeros(width)), None
-        elif isinstance(scale, (int, float)) and scale > 0:
-            self.raw_scale, self.fixed_scale = None, float(scale)
-        else:
-            raise ValueError(f"scale must be 'learned' or a positive number, got {scale!r}.")
         if rho == "learned":
             self.raw_rho, self.fixed_rho = nn.Parameter(torch.zeros(width)), None
         elif isinstance(rho, (int, float)) and -1 < rho < 1:
             self.raw_rho, self.fixed_rho = None, float(rho)
         else:
             raise ValueError(f"rho must be 'learned' or a number in (-1, 1), got {rho!r}.")
-
-    def scale(self) -> torch.Tensor | float:
-        """The marginal standard deviation :math:`\\sigma`, one or one per region."""
-        return positive(self.raw_scale) if self.raw_scale is not None else self.fixed_scale
 
     def rho(self) -> torch.Tensor | float:
         """:math:`\\rho = \\tanh(\\text{raw})`, one or one per region."""

@@ -104,6 +104,14 @@ class _EncoderDecoder(_StandardNormalLatent):
         self.decoder = mlp(self.latent_dim + condition_dim, dec_hidden, self.likelihood.output_dim,
                            activation=activation)
 
+    @staticmethod
+    def _join(a: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """``[a, c]`` along the features; ``c`` is ``(batch, C)`` (or None: ``a`` alone) and
+        ``a`` may carry particle dims in front, ``(..., batch, D)``."""
+        if c is None:
+            return a
+        return torch.cat([a, c.expand(*a.shape[:-1], c.shape[-1])], dim=-1)
+
     def _observed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
             return x
