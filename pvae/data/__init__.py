@@ -29,7 +29,9 @@ from .msa import (
 )
 from .single_cell import CountData, from_anndata, read_counts, write_latent
 from .synthetic import (
+    CRYSTAL_SPECIES,
     Chains,
+    Crystals,
     FMRIBlocks,
     FourierModes,
     LatticeField,
@@ -38,6 +40,7 @@ from .synthetic import (
     Sprites,
     canonical_hrf,
     chains,
+    crystals,
     fmri_blocks,
     fourier_modes,
     hidden_confounder_data,
@@ -61,7 +64,9 @@ __all__ = [
     "sequence_weights",
     "IHDP_COLUMNS",
     "CausalData",
+    "CRYSTAL_SPECIES",
     "Chains",
+    "Crystals",
     "CountData",
     "Dataset",
     "FMRIBlocks",
@@ -72,6 +77,7 @@ __all__ = [
     "Sprites",
     "canonical_hrf",
     "chains",
+    "crystals",
     "check_data",
     "fmri_blocks",
     "fourier_modes",

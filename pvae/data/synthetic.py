@@ -28,7 +28,9 @@ renormalisation group. The correlation length is :math:`\\xi \\approx 1/m`.
 :func:`simulate_counts` multi-batch single-cell RNA-seq counts (cell types,
 batch effects, library sizes, negative binomial noise), :func:`sprites`
 binary images with independent known factors (dSprites' recipe),
-:func:`fmri_blocks` a block-design fMRI experiment with AR(1) noise, and
+:func:`fmri_blocks` a block-design fMRI experiment with AR(1) noise,
+:func:`chains` and :func:`crystals` 3-D structures with known bond geometry and
+perturbed prototype cells, and
 :func:`hidden_confounder_data` the CEVAE paper's hidden-confounder experiment
 (a binary latent confounder seen only through noisy proxies; the true
 potential outcomes are returned, so every effect estimate can be scored).
@@ -54,7 +56,9 @@ import torch
 from .loaders import CausalData
 
 __all__ = [
+    "CRYSTAL_SPECIES",
     "Chains",
+    "Crystals",
     "FMRIBlocks",
     "FourierModes",
     "LatticeField",
@@ -63,6 +67,7 @@ __all__ = [
     "Sprites",
     "canonical_hrf",
     "chains",
+    "crystals",
     "fmri_blocks",
     "fourier_modes",
     "hidden_confounder_data",
@@ -778,3 +783,110 @@ def chains(
     return Chains(xyz=xyz.to(dtype), internal=torch.cat([bonds, angles, dihedrals], -1).to(dtype),
                   bond_mean=float(bond_mean), bond_sd=float(bond_sd), angle_mean=float(angle_mean),
                   angle_sd=float(angle_sd), dihedral_modes=tuple(float(m) for m in dihedral_modes))
+
+
+# prototype cells: lattice constant (Å), then (species, ideal fractional position) per atom
+_PROTOTYPES: dict[str, tuple[float, tuple[tuple[str, tuple[float, float, float]], ...]]] = {
+    "rock_salt": (5.64, (("Na", (0, 0, 0)), ("Na", (0, .5, .5)), ("Na", (.5, 0, .5)), ("Na", (.5, .5, 0)),
+                         ("Cl", (.5, 0, 0)), ("Cl", (0, .5, 0)), ("Cl", (0, 0, .5)), ("Cl", (.5, .5, .5)))),
+    "cscl": (4.12, (("Cs", (0, 0, 0)), ("Cl", (.5, .5, .5)))),
+    "perovskite": (3.905, (("Sr", (0, 0, 0)), ("Ti", (.5, .5, .5)), ("O", (.5, .5, 0)), ("O", (.5, 0, .5)),
+                           ("O", (0, .5, .5)))),
+}
+CRYSTAL_SPECIES: tuple[str, ...] = ("none", "Na", "Cl", "Cs", "Sr", "Ti", "O")
+
+
+@dataclass(frozen=True, eq=False)
+class Crystals:
+    """Perturbed crystals of known prototypes, one cell each, atoms in padded slots.
+
+    :ivar torch.Tensor lattice: ``(n, 3, 3)`` cells (rows = vectors, Å), lower triangular.
+    :ivar torch.Tensor frac: ``(n, atoms, 3)`` fractional coordinates in [0, 1); NaN in empty slots.
+    :ivar torch.Tensor species: ``(n, atoms)`` codes into ``species_names``; 0 (``"none"``) = empty slot.
+    :ivar torch.Tensor prototype: ``(n,)`` codes into ``prototype_names``.
+    :ivar torch.Tensor ideal: ``(n, atoms, 3)`` the unperturbed fractional positions (NaN when empty).
+    :ivar torch.Tensor boundary: ``(n, atoms)`` True for atoms whose ideal position lies on a
+        face of the cell (a coordinate 0): thermal motion scatters them to both sides of it,
+        near 0 and near 1.
+    :ivar tuple species_names: element of each code.
+    :ivar tuple prototype_names: name of each prototype code.
+    """
+
+    lattice: torch.Tensor
+    frac: torch.Tensor
+    species: torch.Tensor
+    prototype: torch.Tensor
+    ideal: torch.Tensor
+    boundary: torch.Tensor
+    species_names: tuple[str, ...]
+    prototype_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.lattice.shape[0]
+
+    @property
+    def present(self) -> torch.Tensor:
+        """``(n, atoms)`` True where a slot holds an atom."""
+        return self.species > 0
+
+
+def crystals(
+    num_cells: int = 3000,
+    prototypes: tuple[str, ...] = ("rock_salt", "cscl", "perovskite"),
+    *,
+    strain: float = 0.03,
+    thermal: float = 0.08,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Crystals:
+    """Cells of rock salt (NaCl, conventional cell, 8 atoms, a = 5.64 Å), CsCl (2 atoms,
+    4.12 Å) and cubic perovskite (SrTiO3, 5 atoms, 3.905 Å) in equal proportions, each
+    with a random symmetric lattice strain :math:`A = a_0 (I + \\varepsilon)`,
+    :math:`\\varepsilon_{ij} = \\varepsilon_{ji} \\sim \\mathcal N(0, \\text{strain}^2)`, and
+    isotropic thermal displacements of every atom, :math:`\\mathcal N(0, \\text{thermal}^2)`
+    per Cartesian axis (Å), wrapped into the cell. The slots of a cell past its atoms are
+    empty (species 0, coordinates NaN), so every cell has ``max`` atoms of its prototypes.
+
+    Every prototype puts atoms on the cell's faces (the origin, face centres, edge
+    centres): their fractional coordinates scatter around 0, half of them just above
+    0 and half just below 1, the case where a Euclidean likelihood on fractional
+    coordinates fails and a periodic one does not (seeds 000, 001). The lattice is
+    returned in its lower-triangular (Cholesky) form; fractional coordinates do not
+    depend on the rotation.
+
+    :param int num_cells: cells.
+    :param prototypes: names among ``rock_salt``, ``cscl``, ``perovskite``.
+    :param float strain: standard deviation of the strain entries. Default 0.03.
+    :param float thermal: standard deviation of the displacements (Å). Default 0.08.
+    :param int seed: seed of a private generator.
+    :param dtype: Default ``torch.get_default_dtype()``.
+    """
+    n = _check_count("num_cells", num_cells)
+    unknown = [p for p in prototypes if p not in _PROTOTYPES]
+    if not prototypes or unknown:
+        raise ValueError(f"prototypes must be a non-empty tuple of {sorted(_PROTOTYPES)}, got {prototypes!r}.")
+    if not (strain >= 0 and thermal >= 0):
+        raise ValueError(f"strain and thermal must be >= 0, got {strain!r}, {thermal!r}.")
+    g = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**31, ())))
+    f64 = torch.float64
+    slots = max(len(_PROTOTYPES[p][1]) for p in prototypes)
+    ideal_t = torch.full((len(prototypes), slots, 3), float("nan"), dtype=f64)
+    species_t = torch.zeros(len(prototypes), slots, dtype=torch.long)
+    constant = torch.tensor([_PROTOTYPES[p][0] for p in prototypes], dtype=f64)
+    for k, name in enumerate(prototypes):
+        for j, (element, position) in enumerate(_PROTOTYPES[name][1]):
+            ideal_t[k, j] = torch.tensor(position, dtype=f64)
+            species_t[k, j] = CRYSTAL_SPECIES.index(element)
+    proto = torch.randint(len(prototypes), (n,), generator=g)
+    upper = torch.triu(strain * torch.randn(n, 3, 3, generator=g, dtype=f64))
+    eps = upper + torch.triu(upper, 1).transpose(-1, -2)
+    cell = constant[proto, None, None] * (torch.eye(3, dtype=f64) + eps)
+    displacement = thermal * torch.randn(n, slots, 3, generator=g, dtype=f64) @ torch.linalg.inv(cell)
+    ideal, species = ideal_t[proto], species_t[proto]
+    frac = torch.remainder(ideal + displacement, 1.0)
+    frac = torch.where(frac >= 1.0, frac - 1.0, frac)  # remainder can round up to exactly 1
+    lattice = torch.linalg.cholesky(cell @ cell.transpose(-1, -2))
+    dtype = dtype or torch.get_default_dtype()
+    return Crystals(lattice=lattice.to(dtype), frac=frac.to(dtype), species=species, prototype=proto,
+                    ideal=ideal.to(dtype), boundary=(ideal == 0).any(-1), species_names=CRYSTAL_SPECIES,
+                    prototype_names=tuple(prototypes))

@@ -12,6 +12,7 @@ from .registry import Example, ModelEntry, get_model, list_models, model_entry, 
 from .vae import VAE
 from .cvae import ConditionalVAE
 from .counts import CountVAE
+from .crystal import CrystalVAE
 from .denoising import DenoisingVAE
 from .linear import LinearVAE, PPCASolution, ppca, principal_angles
 from .multimodal import MultimodalVAE
@@ -21,7 +22,18 @@ from .relaxed import GumbelSoftmaxCategorical, RelaxedCategoricalVAE, categorica
 from .sequence import AutoregressiveCategorical, GRUSequenceDecoder, SequenceLogits, SequenceVAE
 from .sequential import SequentialVAE
 from .ssvae import SemiSupervisedVAE
-from .structures import cartesian_from_internal, internal_coordinates, lattice_from_raw, minimum_image_distance
+from .structures import (
+    cartesian_from_internal,
+    closest_contact,
+    internal_coordinates,
+    lattice_coordinates,
+    lattice_from_coordinates,
+    lattice_from_raw,
+    lattice_parameters,
+    minimum_image_distance,
+    reduced_lattice_coordinates,
+    shortest_lattice_vector,
+)
 
 __all__ = [
     "DATA_PLATE",
@@ -34,6 +46,7 @@ __all__ = [
     "BetaBernoulliCoin",
     "ConditionalVAE",
     "CountVAE",
+    "CrystalVAE",
     "DenoisingVAE",
     "Example",
     "GRUSequenceDecoder",
@@ -57,9 +70,13 @@ __all__ = [
     "as_program",
     "cartesian_from_internal",
     "categorical_kl",
+    "closest_contact",
     "get_model",
     "internal_coordinates",
+    "lattice_coordinates",
+    "lattice_from_coordinates",
     "lattice_from_raw",
+    "lattice_parameters",
     "list_models",
     "make_likelihood",
     "mlp",
@@ -67,5 +84,7 @@ __all__ = [
     "model_entry",
     "ppca",
     "principal_angles",
+    "reduced_lattice_coordinates",
     "register_model",
+    "shortest_lattice_vector",
 ]

@@ -6,6 +6,11 @@ lattices, periodic distances, and internal coordinates of chains.
   triangular with a positive diagonal, so the metric :math:`G = L L^\\top` is
   positive definite and the volume :math:`\\det L = \\prod_i L_{ii} > 0` for
   *every* input: the decoder cannot write an invalid cell.
+* :func:`lattice_coordinates`: six real numbers of a cell that any rotation
+  leaves alone, the log Gram-Schmidt lengths and the coefficients
+  :math:`\\mu_{ij}` (a likelihood over them is over cells, not over rotated
+  matrices); :func:`lattice_parameters` gives the crystallographer's
+  :math:`(a, b, c, \\alpha, \\beta, \\gamma)`.
 * :func:`minimum_image_distance`: the distance between two points of a
   periodic cell over all images, :math:`\\min_{n \\in \\mathbb Z^3} \\|(f_a - f_b + n) L\\|`.
 * :func:`internal_coordinates` / :func:`cartesian_from_internal`: a chain's
@@ -32,7 +37,18 @@ import itertools
 
 import torch
 
-__all__ = ["cartesian_from_internal", "internal_coordinates", "lattice_from_raw", "minimum_image_distance"]
+__all__ = [
+    "cartesian_from_internal",
+    "closest_contact",
+    "internal_coordinates",
+    "lattice_coordinates",
+    "lattice_from_coordinates",
+    "lattice_from_raw",
+    "lattice_parameters",
+    "minimum_image_distance",
+    "reduced_lattice_coordinates",
+    "shortest_lattice_vector",
+]
 
 
 def lattice_from_raw(raw: torch.Tensor) -> torch.Tensor:
@@ -53,20 +69,73 @@ def lattice_from_raw(raw: torch.Tensor) -> torch.Tensor:
     not enough: two nearly parallel vectors can hide the shortest image three
     cells away (found by the brute-force test).
     """
+    return lattice_from_coordinates(reduced_lattice_coordinates(raw))
+
+
+def reduced_lattice_coordinates(raw: torch.Tensor) -> torch.Tensor:
+    """The :func:`lattice_coordinates` ``(..., 6)`` of :func:`lattice_from_raw` ``(raw)``,
+    without building the matrix: what a decoder's lattice head writes."""
     if raw.shape[-1] != 6:
         raise ValueError(f"lattice_from_raw needs 6 numbers per cell in the last dimension, got {tuple(raw.shape)}.")
     mu = 0.5 * torch.tanh(raw[..., 3:])
-    growth = torch.nn.functional.softplus(raw[..., 1:3]).clamp(max=4.0).exp()
-    l11 = raw[..., 0].clamp(-4.0, 4.0).exp()
-    l22 = l11 * (0.75 - mu[..., 0] ** 2).sqrt() * growth[..., 0]
-    l33 = l22 * (0.75 - mu[..., 2] ** 2).sqrt() * growth[..., 1]
-    zero = torch.zeros_like(l11)
+    log_growth = torch.nn.functional.softplus(raw[..., 1:3]).clamp(max=4.0)
+    log_l11 = raw[..., 0].clamp(-4.0, 4.0)
+    log_l22 = log_l11 + 0.5 * torch.log(0.75 - mu[..., 0] ** 2) + log_growth[..., 0]
+    log_l33 = log_l22 + 0.5 * torch.log(0.75 - mu[..., 2] ** 2) + log_growth[..., 1]
+    return torch.cat([torch.stack([log_l11, log_l22, log_l33], -1), mu], -1)
+
+
+def _canonical(lattice: torch.Tensor) -> torch.Tensor:
+    """The lower-triangular form (positive diagonal) of cells ``(..., 3, 3)``: the Cholesky
+    factor of the metric :math:`G = A A^\\top`, the same cell rotated."""
+    if lattice.dim() < 2 or lattice.shape[-2:] != (3, 3):
+        raise ValueError(f"lattice must be (..., 3, 3) with the cell vectors as rows, got {tuple(lattice.shape)}.")
+    factor, info = torch.linalg.cholesky_ex(lattice @ lattice.transpose(-1, -2))
+    if bool((info != 0).any()):
+        raise ValueError("lattice has a cell whose vectors are linearly dependent (its metric is not "
+                         "positive definite); a cell needs three independent vectors.")
+    return factor
+
+
+def lattice_coordinates(lattice: torch.Tensor) -> torch.Tensor:
+    """Six rotation-invariant coordinates ``(..., 6)`` of cells ``(..., 3, 3)`` (rows = vectors):
+    :math:`(\\log L_{11}, \\log L_{22}, \\log L_{33}, \\mu_{21}, \\mu_{31}, \\mu_{32})` of the
+    lower-triangular form :math:`L` (the Cholesky factor of the metric
+    :math:`A A^\\top`), with :math:`\\mu_{ij} = L_{ij} / L_{jj}`.
+
+    Every real 6-vector is the coordinates of a valid cell (exp keeps the diagonal
+    positive), and the cells of :func:`lattice_from_raw` are those with
+    :math:`|\\mu_{ij}| \\le 1/2` and :math:`L_{22}^2 \\ge (3/4 - \\mu_{21}^2) L_{11}^2`,
+    :math:`L_{33}^2 \\ge (3/4 - \\mu_{32}^2) L_{22}^2` (LLL-reduced, Lenstra et al. 1982).
+    """
+    c = _canonical(lattice)
+    diag = torch.diagonal(c, dim1=-2, dim2=-1)
+    mu = torch.stack([c[..., 1, 0] / diag[..., 0], c[..., 2, 0] / diag[..., 0], c[..., 2, 1] / diag[..., 1]], -1)
+    return torch.cat([diag.log(), mu], -1)
+
+
+def lattice_from_coordinates(coordinates: torch.Tensor) -> torch.Tensor:
+    """The lower-triangular cells ``(..., 3, 3)`` of :func:`lattice_coordinates` ``(..., 6)``."""
+    diag = coordinates[..., :3].exp()
+    mu = coordinates[..., 3:]
+    zero = torch.zeros_like(diag[..., 0])
     rows = [
-        torch.stack([l11, zero, zero], -1),
-        torch.stack([mu[..., 0] * l11, l22, zero], -1),
-        torch.stack([mu[..., 1] * l11, mu[..., 2] * l22, l33], -1),
+        torch.stack([diag[..., 0], zero, zero], -1),
+        torch.stack([mu[..., 0] * diag[..., 0], diag[..., 1], zero], -1),
+        torch.stack([mu[..., 1] * diag[..., 0], mu[..., 2] * diag[..., 1], diag[..., 2]], -1),
     ]
     return torch.stack(rows, -2)
+
+
+def lattice_parameters(lattice: torch.Tensor) -> torch.Tensor:
+    """:math:`(a, b, c, \\alpha, \\beta, \\gamma)` ``(..., 6)`` of cells ``(..., 3, 3)``: the
+    vectors' lengths and the angles (degrees) between b and c, a and c, a and b."""
+    if lattice.dim() < 2 or lattice.shape[-2:] != (3, 3):
+        raise ValueError(f"lattice must be (..., 3, 3) with the cell vectors as rows, got {tuple(lattice.shape)}.")
+    a, b, c = lattice.unbind(-2)
+    lengths = lattice.norm(dim=-1)
+    angles = torch.stack([_angle(b, c), _angle(a, c), _angle(a, b)], -1).rad2deg()
+    return torch.cat([lengths, angles], -1)
 
 
 def minimum_image_distance(frac_a: torch.Tensor, frac_b: torch.Tensor, lattice: torch.Tensor,
@@ -88,6 +157,34 @@ def minimum_image_distance(frac_a: torch.Tensor, frac_b: torch.Tensor, lattice: 
                           device=delta.device)  # (S, 3)
     cart = (delta.unsqueeze(-2) + shifts) @ lattice  # (..., S, 3)
     return cart.norm(dim=-1).amin(-1)
+
+
+def closest_contact(frac: torch.Tensor, lattice: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """The shortest distance between two atoms of each periodic structure, images included.
+
+    :param frac: fractional coordinates ``(batch, atoms, 3)``.
+    :param lattice: cells ``(batch, 3, 3)`` (rows = vectors).
+    :param present: bool ``(batch, atoms)``, False for empty slots (ignored). Default all.
+    :returns: ``(batch,)``: the minimum over pairs of distinct atoms of
+        :func:`minimum_image_distance`, and over each atom and its own images (the
+        shortest lattice vector); ``inf`` for a structure with no two atoms and no cell.
+    """
+    n = frac.shape[-2]
+    pair = minimum_image_distance(frac.unsqueeze(-2), frac.unsqueeze(-3), lattice[..., None, None, :, :])
+    keep = ~torch.eye(n, dtype=torch.bool, device=frac.device)
+    if present is not None:
+        keep = keep & present.unsqueeze(-1) & present.unsqueeze(-2)
+    contact = torch.where(keep, pair, torch.full_like(pair, float("inf"))).flatten(-2).amin(-1)
+    return torch.minimum(contact, shortest_lattice_vector(lattice))
+
+
+def shortest_lattice_vector(lattice: torch.Tensor, reach: int = 2) -> torch.Tensor:
+    """Length ``(...)`` of the shortest nonzero vector :math:`n L`, :math:`n \\in \\mathbb Z^3`,
+    of cells ``(..., 3, 3)``: the distance from an atom to its own nearest image (exact within
+    ``reach`` cells, as for :func:`minimum_image_distance`)."""
+    shifts = torch.tensor([s for s in itertools.product(range(-reach, reach + 1), repeat=3) if any(s)],
+                          dtype=lattice.dtype, device=lattice.device)
+    return (shifts @ lattice).norm(dim=-1).amin(-1)
 
 
 def _angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
