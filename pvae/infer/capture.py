@@ -96,7 +96,10 @@ class TrainStep:
         for p in self.params:
             p.grad = None
         (terms.loss / (self.data_size or batch[0].shape[0])).backward()
-        return StepTerms(terms.loss.detach(), terms.reconstruction, terms.kl, terms.bound)
+        # detached: a term that kept its graph would keep the step's activations and batch
+        # alive until the epoch's totals are taken (an epoch's worth of memory)
+        return StepTerms(terms.loss.detach(), terms.reconstruction.detach(), terms.kl.detach(),
+                         None if terms.bound is None else terms.bound.detach())
 
     @property
     def description(self) -> str:

@@ -176,7 +176,9 @@ def run(state: TrainState, batches: Callable[[], Iterable[tuple[torch.Tensor, ..
         state.epoch_started = time.perf_counter()
         for cb in callbacks:
             cb.on_epoch_start(state)
-        sums: list[tuple[torch.Tensor, ...]] = []  # per step, reduced once per epoch
+        # running totals, added in place: no per-step synchronisation (.item()) and no per-step
+        # allocations that outlive the step (they would pin the heap above each freed batch)
+        totals: torch.Tensor | None = None
         n_seen = 0
         for step, batch in enumerate(batches()):
             state.step = step
@@ -189,9 +191,11 @@ def run(state: TrainState, batches: Callable[[], Iterable[tuple[torch.Tensor, ..
             state.optimizer.step()
             for cb in callbacks:
                 cb.on_step_end(state, terms, b)
-            sums.append((terms.loss, terms.reconstruction, terms.kl) + (() if terms.bound is None else (terms.bound,)))
+            parts = torch.stack([terms.loss, terms.reconstruction, terms.kl]
+                                + ([] if terms.bound is None else [terms.bound])).detach()
+            totals = parts if totals is None else totals.add_(parts)
             n_seen += b
-        loss, rec, kl, *bound = (torch.stack([torch.stack(c) for c in zip(*sums)]).sum(-1) / n_seen).tolist()
+        loss, rec, kl, *bound = (totals / n_seen).tolist()
         state.row = {"epoch": epoch, "loss": loss, "elbo": rec - kl, "reconstruction": rec, "kl": kl,
                      "kl_weight": float(state.kl_weight), **({"bound": bound[0]} if bound else {})}
         state.good_state = snapshot(state.program, state.params)
