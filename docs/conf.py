@@ -86,6 +86,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"torch(\..*)?"),
     # pyro.nn.PyroModule, pyro.plate, pyro.distributions.*, pyro.contrib.cevae.CEVAE
     (r"py:.*", r"pyro(\..*)?"),
+    # lightning.LightningModule, lightning.pytorch.* (pvae.lightning's base class)
+    (r"py:.*", r"lightning(\..*)?"),
     # numpy.ndarray
     (r"py:.*", r"numpy(\..*)?"),
     # scipy.sparse.csgraph.dijkstra (scikit-learn's dependency)

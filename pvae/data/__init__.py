@@ -28,6 +28,7 @@ from .msa import (
     sequence_weights,
 )
 from .single_cell import CountData, from_anndata, read_counts, write_latent
+from .streaming import ArrayDataset, CountDataset
 from .synthetic import (
     CRYSTAL_SPECIES,
     Chains,
@@ -54,6 +55,8 @@ from .synthetic import (
 
 __all__ = [
     "ALPHABET",
+    "ArrayDataset",
+    "CountDataset",
     "AMINO_ACIDS",
     "MSA",
     "decode_sequences",

@@ -2,7 +2,9 @@
 
 :func:`from_anndata` reads a count matrix (a layer, or ``X``; dense, sparse or
 backed on disk), the batch of each cell as integer codes and, optionally, its
-labels, as :class:`CountData`; :func:`write_latent` stores an embedding in
+labels, as :class:`CountData` (or, with ``stream=True``, a
+:class:`~pvae.data.CountDataset` that reads a backed file's rows batch by
+batch); :func:`write_latent` stores an embedding in
 ``adata.obsm`` (``"X_pvae"``, where scvi-tools puts ``"X_scVI"``).
 :func:`read_counts` reads any rows of the matrix, the one reader behind both,
 so a streaming loader can take a backed file a block of rows at a time.
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from ..inputs import DataError
+from .streaming import CountDataset
 
 __all__ = ["CountData", "from_anndata", "read_counts", "write_latent"]
 
@@ -143,8 +146,14 @@ def from_anndata(
     batch_categories: Sequence[str] | None = None,
     label_categories: Sequence[str] | None = None,
     dtype: torch.dtype | None = None,
-) -> CountData:
+    stream: bool = False,
+) -> CountData | CountDataset:
     """Read counts, batches and labels from an AnnData object.
+
+    With ``stream=True`` nothing of the count matrix is read here: a
+    :class:`~pvae.data.CountDataset` reads each batch's rows when a loader asks
+    (``from_anndata(anndata.read_h5ad(path, backed="r"), stream=True).loader(256)``),
+    for files larger than memory; codes and categories are as without it.
 
     :param adata: an ``anndata.AnnData``, or the path of an ``.h5ad`` file
         (read in full).
@@ -156,13 +165,15 @@ def from_anndata(
         ``CountData.batch_categories``; default the sorted names present.
     :param label_categories: likewise for the labels.
     :param dtype: of the counts. Default ``torch.get_default_dtype()``.
+    :param bool stream: return a :class:`~pvae.data.CountDataset` that reads rows on
+        demand (for a backed file) instead of reading the matrix. Default False.
     :raises DataError: for a missing layer or column, non-count entries, or a
         batch (label) not among ``batch_categories`` (``label_categories``).
     """
     anndata = require_anndata()
     if not isinstance(adata, anndata.AnnData):
         adata = anndata.read_h5ad(adata)
-    counts = read_counts(adata, layer=layer, dtype=dtype)
+    _matrix(adata, layer)  # a missing layer fails here, streamed or not
     if batch_key is None:
         batch, batches = torch.zeros(adata.n_obs, dtype=torch.long), ("0",)
     else:
@@ -170,6 +181,9 @@ def from_anndata(
     labels = label_names = None
     if labels_key is not None:
         labels, label_names = _codes(adata, labels_key, label_categories, "label")
+    if stream:
+        return CountDataset(adata, layer, batch, labels, batches, label_names, dtype)
+    counts = read_counts(adata, layer=layer, dtype=dtype)
     return CountData(counts=counts, batch=batch, labels=labels, batch_categories=batches,
                      label_categories=label_names, genes=tuple(str(g) for g in adata.var_names))
 

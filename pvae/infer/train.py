@@ -325,6 +325,10 @@ def fit(
     diagnostics_every: int | None = 10,
     compile: bool | Literal["graph", "inductor", "auto"] = False,
     callbacks: Sequence[Callback] = (),
+    strategy: str | None = None,
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    accelerator: str = "cpu",
 ) -> FitResult:
     """Fit a program's parameters by stochastic variational inference.
 
@@ -405,6 +409,17 @@ def fit(
         program changed; a program that cannot be captured trains eagerly with
         one :class:`~pvae.infer.CaptureWarning` naming why. Batches of
         another shape (the last partial one) run eagerly. Default False.
+    :param str strategy: train on several processes or machines with PyTorch Lightning
+        (the ``[lightning]`` extra): ``"ddp_spawn"``, ``"ddp"`` or another Lightning
+        strategy, with ``devices`` processes (or accelerators) per node on ``num_nodes``
+        nodes and ``batch_size`` rows per process; see :func:`pvae.lightning.fit_distributed`
+        (checkpoints are Lightning's, read by :func:`pvae.lightning.load_checkpoint`).
+        ``patience``, ``clip_norm``, ``callback``, ``callbacks`` and ``device`` are this
+        engine's and are refused there (use Lightning's callbacks and ``accelerator``).
+        Default None: this process.
+    :param devices: with ``strategy``: processes or accelerators per node. Default ``"auto"``.
+    :param int num_nodes: with ``strategy``: machines. Default 1.
+    :param str accelerator: with ``strategy``: ``"cpu"``, ``"gpu"`` or ``"auto"``. Default ``"cpu"``.
     :returns: a :class:`FitResult`.
     :raises TrainingDivergedError: on a diverging loss, naming the epoch and
         step; parameters are restored to the last good epoch and the last
@@ -413,6 +428,21 @@ def fit(
     for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if strategy is not None:
+        engine_only = {"patience": patience is not None, "clip_norm": clip_norm is not None,
+                       "callback": callback is not None, "callbacks": bool(callbacks), "device": device is not None}
+        refused = [name for name, given in engine_only.items() if given]
+        if refused:
+            raise ValueError(f"{refused} are options of the single-process engine, not of strategy={strategy!r}. "
+                             "Try Lightning's callbacks through pvae.lightning.fit_distributed(callbacks=...).")
+        from ..lightning import fit_distributed
+
+        return fit_distributed(program, data, strategy=strategy, devices=devices, num_nodes=num_nodes,
+                               accelerator=accelerator, num_epochs=num_epochs, batch_size=batch_size,
+                               learning_rate=learning_rate, validation_data=validation_data, objective=objective,
+                               num_particles=num_particles, kl_warmup=kl_warmup, weight_decay=weight_decay,
+                               checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=bool(progress),
+                               compile=compile)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
     if patience is not None and validation_data is None:

@@ -1,0 +1,432 @@
+"""Many processes, many machines: any pvae program trained with PyTorch Lightning
+(the ``[lightning]`` extra, package ``lightning``).
+
+pvae writes no distributed runtime; it runs on the one the field uses.
+:class:`PvaeModule` wraps any program (``model`` / ``guide``) and any pvae
+objective (ELBO with beta and KL warm-up, IWAE, DReG, Renyi, CEVAE's) as a
+``lightning.LightningModule`` that a plain ``lightning.Trainer`` trains on any
+strategy (``ddp``, ``ddp_spawn``), accelerator and ``num_nodes``;
+:func:`pvae.fit` with ``strategy=`` runs the same thing without Lightning code
+(:func:`fit_distributed`).
+
+**Scaling.** Each process (rank) sees its shard of the data (Lightning's
+``DistributedSampler``) and computes the step of pvae's engine on its local
+batch (:func:`pvae.infer.make_train_step`: eager, or the captured graph with
+``compile=``), whose gradient is that of the loss *per datum*. The gradients
+are then averaged over the ranks (one all-reduce of the flattened gradients),
+so with ``R`` ranks of batch ``B`` the update is that of one process with batch
+``R B``: per-datum quantities (a plate's subsample scale, beta, the KL warm-up
+weight, IWAE's per-datum logsumexp) never depend on the number of ranks.
+DDP's own gradient hooks are switched off for this (``require_backward_grad_sync``),
+because a captured step computes its gradients outside autograd's hooks.
+With ``seed``, rank :math:`r` draws the noise of step :math:`s` from
+``torch.manual_seed(step_seed(seed, r, s))``: each rank its own noise, and a
+resumed run draws what the uninterrupted one would have.
+
+**Per-datum evaluation.** :func:`distributed_bounds` evaluates the ELBO or
+IWAE bound of every datum in fixed chunks, chunk ``k`` under the seed
+``seed + k``; ranks share the chunks round-robin and gather the results in data
+order, so the numbers are the same on one process as on any number of them.
+
+References
+
+1. W. Falcon et al. PyTorch Lightning. 2019. https://lightning.ai
+2. S. Li et al. PyTorch Distributed: Experiences on Accelerating Data Parallel
+   Training. VLDB 2020 (DDP's gradient averaging).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import pyro
+import torch
+import torch.distributed as dist
+
+INSTALL_HINT = 'pip install "pvae-pyro[lightning]"  (or: pip install lightning)'
+
+
+def require_lightning() -> Any:
+    """Import ``lightning``, or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module("lightning")
+    except ImportError as err:
+        raise ImportError(f"pvae.lightning needs the package 'lightning' ({err}). Try: {INSTALL_HINT}") from err
+
+
+L = require_lightning()
+
+from .data.streaming import ArrayDataset  # noqa: E402
+from .inputs import as_data_args, as_data_tuple  # noqa: E402
+from .infer.capture import make_train_step  # noqa: E402
+from .infer.objectives import Objective, make_objective  # noqa: E402
+from .infer.train import CheckpointError, FitResult, _kl_schedule  # noqa: E402
+
+__all__ = ["DistributedTrainingError", "PvaeModule", "distributed_bounds", "fit_distributed", "load_checkpoint",
+           "require_lightning", "step_seed"]
+
+HISTORY_NAME = "pvae_history.json"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class DistributedTrainingError(RuntimeError):
+    """A process of a distributed run died or failed; the message names the rank and the last checkpoint."""
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of the noise that ``rank`` draws at optimiser step ``step`` of a run seeded ``seed``."""
+    return (int(seed) * 1_000_003 + int(step) * 4_099 + int(rank)) % (2**63)
+
+
+def _average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Average ``.grad`` over the ranks: one all-reduce of the flattened gradients."""
+    _, world = _world()
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p)
+
+
+class PvaeModule(L.LightningModule):
+    """A pvae program and objective as a ``lightning.LightningModule``.
+
+    Example (any Lightning strategy; ``devices=2`` processes on one machine)::
+
+        module = PvaeModule(vae, objective="elbo", learning_rate=1e-3)
+        trainer = lightning.Trainer(max_epochs=10, strategy="ddp", accelerator="cpu", devices=2)
+        trainer.fit(module, ArrayDataset(x).loader(batch_size=128))
+        module.history          # one row per epoch, as pvae.fit's (on rank 0)
+
+    Batches are tuples of the program's positional data (a tensor alone is a
+    one-tuple). Logged per epoch (``sync_dist``): ``loss``, ``elbo``,
+    ``reconstruction``, ``kl`` per datum (and ``bound`` for importance-weighted
+    objectives), ``kl_weight``, and ``val_elbo``, ``val_reconstruction``,
+    ``val_kl`` with validation data. Optimisation is manual: pvae's step (eager or
+    captured) leaves the gradients, which are averaged over the ranks, then Adam
+    updates (see the module docstring).
+
+    :param program: anything with ``model`` and ``guide`` whose parameters are an
+        ``nn.Module``'s (pvae's programs; a user's ``PyroModule``).
+    :param objective: ``"elbo"``, ``"iwae"``, ``"renyi"`` or an
+        :class:`~pvae.infer.objectives.Objective` (e.g. DReG, CEVAE's).
+    :param int num_particles: for a named objective. Default 1.
+    :param float learning_rate: Adam's step size. Default 1e-3.
+    :param float weight_decay: Adam's L2 penalty. Default 0.
+    :param kl_warmup: epochs of linear KL warm-up, or a callable ``epoch -> weight``.
+    :param compile: the step of :func:`pvae.fit` (``False``, ``True``/``"graph"``,
+        ``"inductor"``, ``"auto"``), built in each rank. Default False.
+    :param int seed: seed the noise of every step from ``(seed, rank, step)``
+        (:func:`step_seed`). Default None (leave the generators alone).
+    """
+
+    def __init__(self, program: Any, objective: str | Objective = "elbo", num_particles: int = 1,
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0,
+                 kl_warmup: int | float | Callable[[float], float] | None = None,
+                 compile: bool | Literal["graph", "inductor", "auto"] = False, seed: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(program, torch.nn.Module):
+            raise TypeError(
+                f"PvaeModule needs a program whose parameters live in an nn.Module (a PyroModule), got "
+                f"{type(program).__name__}. Try pyro.nn.PyroModule for a hand-written model and guide."
+            )
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
+        self.program = program
+        self.objective = make_objective(objective, num_particles=num_particles) if isinstance(objective, str) \
+            else objective
+        self.learning_rate, self.weight_decay = float(learning_rate), float(weight_decay)
+        _kl_schedule(kl_warmup)  # checks the value; the schedule itself is _kl_weight (spawn pickles the module)
+        self.kl_warmup = kl_warmup
+        self.compile, self.seed = compile, seed
+        self.automatic_optimization = False
+        self.history: list[dict[str, float]] = []
+        self._step_fn = None
+        self._epoch_started = 0.0
+
+    # -- set-up -------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self._params(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for p in self.program.parameters() if p.requires_grad]
+
+    def on_train_start(self) -> None:
+        wrapper = self.trainer.model
+        if hasattr(wrapper, "require_backward_grad_sync"):
+            wrapper.require_backward_grad_sync = False  # gradients are averaged by _average_gradients
+        steps = self.trainer.num_training_batches
+        total = None if not math.isfinite(steps) else int(steps) * int(self.trainer.max_epochs or 1)
+        self._step_fn = make_train_step(self.compile, self.program, self.objective, self._params(), num_steps=total)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def _kl_weight(self, epoch: float) -> float:
+        if callable(self.kl_warmup):
+            return self.kl_warmup(epoch)
+        return 1.0 if not self.kl_warmup else min(1.0, epoch / float(self.kl_warmup))
+
+    def _batch(self, batch: Any) -> tuple[torch.Tensor, ...]:
+        batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        return as_data_args(self.program, batch, device=self.device)
+
+    # -- steps --------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        batch = self._batch(batch)
+        steps = self.trainer.num_training_batches
+        epoch = self.current_epoch + (batch_idx / steps if math.isfinite(steps) and steps else 0.0)
+        kl_weight = float(self._kl_weight(epoch))
+        if self.seed is not None:
+            torch.manual_seed(step_seed(self.seed, self.global_rank, self.global_step))
+        with pyro.validation_enabled(False):
+            terms = self._step_fn(batch, kl_weight)
+        if not torch.isfinite(terms.loss):
+            raise FloatingPointError(
+                f"the loss became {float(terms.loss)} at epoch {self.current_epoch}, batch {batch_idx} on rank "
+                f"{self.global_rank}; the last checkpoint is untouched. Try a lower learning_rate."
+            )
+        _average_gradients(self._params())
+        self.optimizers().step()
+        b = batch[0].shape[0]
+        logs = {"loss": terms.loss / b, "elbo": terms.elbo / b, "reconstruction": terms.reconstruction / b,
+                "kl": terms.kl / b, "kl_weight": torch.tensor(kl_weight)}
+        if terms.bound is not None:
+            logs["bound"] = terms.bound / b
+        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
+        return terms.loss.detach() / b
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        batch = self._batch(batch)
+        with pyro.validation_enabled(False):
+            terms = self.objective(self.program.model, self.program.guide, batch, {}, 1.0)
+        b = batch[0].shape[0]
+        self.log_dict({"val_elbo": terms.elbo / b, "val_reconstruction": terms.reconstruction / b,
+                       "val_kl": terms.kl / b}, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
+
+    def on_train_epoch_end(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        row = {"epoch": self.current_epoch, **metrics, "seconds": time.perf_counter() - self._epoch_started}
+        self.history.append(row)
+        root = self.trainer.default_root_dir
+        if self.global_rank == 0 and root:
+            path = Path(root) / HISTORY_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.history))
+            os.replace(tmp, path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pvae_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("pvae_history", []))
+
+
+def load_checkpoint(path: str | os.PathLike, program: Any) -> dict[str, Any]:
+    """Load a Lightning checkpoint of a :class:`PvaeModule` into ``program``, safely
+    (``torch.load(weights_only=True)``: no pickled code runs).
+
+    :param path: the ``.ckpt`` file, or a directory holding ``last.ckpt``.
+    :param program: the program to load the parameters into (its ``state_dict`` keys).
+    :returns: the checkpoint (``epoch``, ``global_step``, ``pvae_history``, ...).
+    :raises CheckpointError: if the file is missing, corrupt, foreign, or for another program.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST_CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}. Try the checkpoint_dir of a distributed fit.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bad files
+        raise CheckpointError(
+            f"{path} is corrupt or not a checkpoint (loaded with weights_only=True, which never runs pickled "
+            f"code): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(k.startswith("program.") for k in state):
+        raise CheckpointError(f"{path} is not a checkpoint of a pvae.lightning.PvaeModule (no 'program.' weights).")
+    weights = {k[len("program."):]: v for k, v in state.items() if k.startswith("program.")}
+    try:
+        program.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} holds the weights of another program: {str(err).splitlines()[0]}") from None
+    return ckpt
+
+
+# -- evaluation ---------------------------------------------------------------------
+def distributed_bounds(program: Any, data: Any, bound: Literal["elbo", "iwae"] = "elbo", num_particles: int = 1,
+                       batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Per-datum ELBO or IWAE bound ``(n,)`` of ``data``, in data order, the same on any number of processes.
+
+    The rows are cut into chunks of ``batch_size``; chunk :math:`k` is evaluated
+    under the seed ``seed + k`` (the global generators are restored afterwards).
+    With torch.distributed initialised (inside a Lightning run, or after
+    ``torch.distributed.init_process_group``), rank :math:`r` of :math:`R` takes
+    the chunks :math:`k \\equiv r \\pmod R` and every rank returns all :math:`n`
+    values (an all-gather); on one process it computes every chunk itself. The
+    results agree to the last bit.
+
+    :param program: the program (``model`` / ``guide``).
+    :param data: a tensor or a tuple of tensors (the program's positional data).
+    :param str bound: ``"elbo"`` (:func:`pvae.infer.elbo_terms`) or ``"iwae"``
+        (:func:`pvae.infer.iwae_bound`). Default ``"elbo"``.
+    :param int num_particles: particles per datum. Default 1.
+    :param int batch_size: rows per chunk. Default 256.
+    :param int seed: the seed of chunk 0. Default 0.
+    """
+    from .infer import elbo_terms, iwae_bound
+
+    if bound not in ("elbo", "iwae"):
+        raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}.")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    tensors = as_data_tuple(program, data, "data")
+    n = tensors[0].shape[0]
+    rank, world = _world()
+    chunks = range(rank, math.ceil(n / batch_size), world)
+    values = []
+    with torch.no_grad(), pyro.validation_enabled(False):
+        for k in chunks:
+            batch = tuple(t[k * batch_size:(k + 1) * batch_size] for t in tensors)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed) + k)
+                if bound == "elbo":
+                    v = elbo_terms(program.model, program.guide, *batch, num_particles=num_particles).elbo
+                else:
+                    v = iwae_bound(program.model, program.guide, *batch, num_particles=num_particles).value
+            values.append(v)
+    mine = torch.cat(values) if values else tensors[0].new_zeros(0)
+    if world == 1:
+        return mine
+    # gather: rank r's values are its chunks in order; pad to the longest rank's length
+    longest = (math.ceil(n / batch_size) + world - 1) // world * batch_size
+    padded = torch.cat([mine, mine.new_full((longest - mine.numel(),), float("nan"))])
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    out = mine.new_empty(n)
+    for r, values_r in enumerate(gathered):
+        for j, k in enumerate(range(r, math.ceil(n / batch_size), world)):
+            rows = slice(k * batch_size, min((k + 1) * batch_size, n))
+            out[rows] = values_r[j * batch_size: j * batch_size + (rows.stop - rows.start)]
+    return out
+
+
+# -- pvae.fit(strategy=...) ----------------------------------------------------------
+def _loader(program: Any, data: Any, name: str, batch_size: int, shuffle: bool) -> Any:
+    if isinstance(data, torch.utils.data.DataLoader):
+        return data
+    return ArrayDataset(*as_data_tuple(program, data, name)).loader(batch_size=batch_size, shuffle=shuffle)
+
+
+def fit_distributed(
+    program: Any,
+    data: Any,
+    *,
+    strategy: str = "ddp_spawn",
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    accelerator: str = "cpu",
+    num_epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    validation_data: Any = None,
+    objective: str | Objective = "elbo",
+    num_particles: int = 1,
+    kl_warmup: int | float | Callable[[float], float] | None = None,
+    weight_decay: float = 0.0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    progress: bool = False,
+    compile: bool | Literal["graph", "inductor", "auto"] = False,
+    timeout: float = 120.0,
+    callbacks: Sequence[Any] = (),
+) -> FitResult:
+    """Train ``program`` with Lightning on ``devices`` processes per node; :func:`pvae.fit` calls
+    this when given ``strategy``.
+
+    ``batch_size`` is per process (the global batch is ``batch_size * devices * num_nodes``);
+    ``data`` is a tensor, a tuple of tensors or a ``DataLoader`` (e.g.
+    ``pvae.data.ArrayDataset(x).loader()`` over a memory map); Lightning shards it
+    over the ranks. With ``checkpoint_dir``, Lightning's checkpoint ``last.ckpt``
+    is written there after every epoch (:func:`load_checkpoint` reads it with
+    ``weights_only=True``) and ``resume=True`` continues from it. The trained
+    parameters end up in ``program`` (for ``ddp_spawn`` Lightning copies them back
+    from rank 0).
+
+    :param str strategy: a Lightning strategy: ``"ddp_spawn"`` (default: works from
+        a notebook or a test), ``"ddp"`` (relaunches the script, as ``torchrun`` does;
+        the usual choice on clusters), or any other name or Strategy object.
+    :param devices: processes per node (CPU) or accelerators. Default ``"auto"``.
+    :param int num_nodes: machines. Default 1.
+    :param str accelerator: ``"cpu"``, ``"gpu"``, ``"auto"``. Default ``"cpu"``.
+    :param float timeout: seconds a rank waits for the others in a collective before
+        failing (gloo/NCCL timeout). Default 120.
+    :param callbacks: Lightning callbacks of your own.
+    :raises DistributedTrainingError: when a rank dies or raises; it names the rank and
+        the last checkpoint, which is left intact.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir.")
+    module = PvaeModule(program, objective, num_particles, learning_rate, weight_decay, kl_warmup, compile, seed)
+    train = _loader(program, data, "data", batch_size, True)
+    valid = None if validation_data is None else _loader(program, validation_data, "validation_data",
+                                                         max(batch_size, 1024), False)
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="pvae-lightning-"))
+    if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn"):
+        strategy = DDPStrategy(start_method="spawn" if strategy == "ddp_spawn" else "popen",
+                               process_group_backend="gloo" if accelerator == "cpu" else None,
+                               timeout=timedelta(seconds=float(timeout)))
+    # top_k=1 without a monitor keeps the latest epoch's file; last.ckpt is a copy of it
+    ckpt_cb = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=1, every_n_epochs=1)] \
+        if checkpoint_dir is not None else []
+    trainer = L.Trainer(max_epochs=int(num_epochs), strategy=strategy, devices=devices, num_nodes=int(num_nodes),
+                        accelerator=accelerator, logger=False, enable_checkpointing=bool(ckpt_cb),
+                        callbacks=[*ckpt_cb, *callbacks], enable_progress_bar=bool(progress),
+                        enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0)
+    last = root / LAST_CHECKPOINT
+    try:
+        trainer.fit(module, train, valid, ckpt_path=str(last) if resume else None)
+    except Exception as err:
+        if not _is_process_failure(err):
+            raise
+        rank = getattr(err, "error_index", None)
+        where = f"the last checkpoint {last} is intact; resume with resume=True" if last.is_file() \
+            else "no checkpoint was written (pass checkpoint_dir to keep one)"
+        raise DistributedTrainingError(
+            f"a training process ({'rank ' + str(rank) if rank is not None else 'a rank'}) failed: "
+            f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}; {where}."
+        ) from err
+    history_file = root / HISTORY_NAME
+    history = tuple(json.loads(history_file.read_text())) if history_file.is_file() else tuple(module.history)
+    best = history[-1]["epoch"] if history else -1
+    return FitResult(program, history, int(best), False, str(last) if last.is_file() else None)
+
+
+def _is_process_failure(err: BaseException) -> bool:
+    mp_errors = tuple(getattr(torch.multiprocessing, name) for name in ("ProcessExitedException",
+                                                                        "ProcessRaisedException")
+                      if hasattr(torch.multiprocessing, name))
+    return isinstance(err, mp_errors) or "gloo" in str(err).lower() or isinstance(err, dist.DistBackendError)

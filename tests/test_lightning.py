@@ -1,0 +1,150 @@
+"""Many processes: pvae programs on PyTorch Lightning (DDP over gloo on loopback, CPU only),
+and data that do not fit in memory. The distributed jobs run in subprocesses
+(``tests/lightning_jobs.py``: spawned ranks need a ``__main__`` guard), bounded in time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pvae
+from pvae.data import ArrayDataset, CountDataset, from_anndata, simulate_counts
+from pvae.models import VAE, CountVAE
+
+pytest.importorskip("lightning")
+JOBS = Path(__file__).with_name("lightning_jobs.py")
+
+
+def _job(name: str, tmp_path: Path, *extra: str, timeout: int = 240) -> dict:
+    out = tmp_path / f"{name}.pt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(JOBS.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(JOBS), name, str(out), *extra], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0 and out.is_file(), done.stdout[-3000:] + done.stderr[-5000:]
+    return torch.load(out, weights_only=False)
+
+
+def test_two_ranks_train_to_the_parameters_of_one_process_with_the_global_batch(tmp_path):
+    """2 gloo ranks x batch 8 against one process taking the same 16 rows per step as two
+    micro-batches (each with its rank's noise, ``step_seed``) and the mean of their gradients:
+    the same parameters after 8 steps, the same epoch losses and per-datum ELBOs."""
+    r = _job("equal", tmp_path)
+    assert r["moved"] > 1e-2, r  # training did move the parameters
+    assert r["diff"] < 1e-6, r  # measured 0.0
+    assert r["diff_captured"] < 1e-6, r  # the captured step (compile=True) in each rank: measured 0.0
+    assert np.allclose(r["history_loss"], r["ref_epoch_loss"], rtol=1e-6), r
+    assert torch.allclose(r["elbo_ddp"], r["elbo_ref"], atol=1e-5)
+
+
+def test_per_datum_bounds_gathered_from_two_ranks_equal_one_process_in_data_order(tmp_path):
+    r = _job("bounds", tmp_path)
+    for bound in ("iwae", "elbo"):
+        assert r["two"][bound].shape == (100,)
+        assert torch.equal(r["two"][bound], r["one"][bound]), bound
+    assert not torch.equal(r["other_seed"], r["one"]["iwae"])  # the seed does set the draws
+
+
+def test_a_killed_rank_ends_the_run_clearly_and_resume_finishes_it(tmp_path):
+    r = _job("killed", tmp_path)
+    assert "rank 1" in r["message"] and "exit code 7" in r["message"], r["message"]
+    assert "last.ckpt is intact; resume with resume=True" in r["message"], r["message"]
+    assert r["saved_epoch"] == 1 and r["saved_rows"] == 2  # epochs 0 and 1 finished before rank 1 died
+    assert r["epochs"] == [0, 1, 2, 3] and r["finite"], r
+
+
+def test_streaming_a_memory_map_keeps_the_resident_set_far_below_the_file(tmp_path):
+    r = _job("stream", tmp_path, "300")
+    # measured: +30 MB with the pages handed back (a batch, the sampler's permutation, 16 MiB of
+    # mapped pages), +300 MB for a plain memory map (the whole file resident after one epoch)
+    assert r["growth_released"] < 0.4 * r["file_mb"], r
+    assert r["growth_kept"] > 0.8 * r["file_mb"], r  # the measurement sees what it should
+    assert np.isfinite(r["loss"])
+
+
+@pytest.mark.slow
+def test_streaming_a_two_gigabyte_memory_map(tmp_path):
+    r = _job("stream", tmp_path, "2048", timeout=1200)
+    # measured +214 MB: the permutation of 8.4M rows (67 MB), a batch, 16 MiB of mapped pages
+    assert r["growth_released"] < 0.15 * r["file_mb"], r
+
+
+def test_fit_refuses_engine_options_with_a_strategy():
+    with pytest.raises(ValueError, match=r"\['patience', 'clip_norm'\] are options of the single-process engine"):
+        pvae.fit(VAE(4, latent_dim=1, hidden_dims=(2,)), torch.zeros(8, 4), strategy="ddp_spawn", patience=2,
+                 clip_norm=1.0)
+
+
+def test_lightning_checkpoints_load_weights_only_and_refuse_foreign_files(tmp_path):
+    from pvae.infer import CheckpointError
+    from pvae.lightning import PvaeModule, load_checkpoint
+
+    vae = VAE(4, latent_dim=1, hidden_dims=(2,))
+    torch.save({"state_dict": {"program." + k: v for k, v in vae.state_dict().items()}, "epoch": 3}, tmp_path / "a.ckpt")
+    fresh = VAE(4, latent_dim=1, hidden_dims=(2,))
+    assert load_checkpoint(tmp_path / "a.ckpt", fresh)["epoch"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(CheckpointError, match="another program"):
+        load_checkpoint(tmp_path / "a.ckpt", VAE(5, latent_dim=1, hidden_dims=(2,)))
+    (tmp_path / "b.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_checkpoint(tmp_path / "b.ckpt", fresh)
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of a pvae.lightning.PvaeModule"):
+        load_checkpoint(tmp_path / "c.ckpt", fresh)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing", fresh)
+    with pytest.raises(TypeError, match="nn.Module"):
+        PvaeModule(pvae.ModelGuidePair(lambda x: None, lambda x: None))
+
+
+def test_array_dataset_serves_rows_in_the_order_asked_from_memory_maps_and_tensors(tmp_path):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    labels = torch.arange(10) % 3
+    for source in (mapped, torch.from_numpy(x)):
+        ds = ArrayDataset(source, labels, dtype=torch.float64)
+        rows, codes = ds.__getitems__([7, 2, 9, 2])
+        assert rows.dtype == torch.float64 and codes.dtype == torch.long
+        assert np.array_equal(rows.numpy(), x[[7, 2, 9, 2]]) and codes.tolist() == [1, 2, 0, 2]
+        assert len(ds) == 10 and torch.equal(ds[3][0], torch.from_numpy(x[3]).double())
+        batches = list(ds.loader(batch_size=4, shuffle=False))
+        assert [b[0].shape[0] for b in batches] == [4, 4, 2]
+        assert np.array_equal(torch.cat([b[0] for b in batches]).numpy(), x)
+    with pytest.raises(IndexError, match=r"0\.\.9"):
+        ArrayDataset(mapped).__getitems__([10])
+    with pytest.raises(ValueError, match="same number of rows"):
+        ArrayDataset(mapped, labels[:5])
+    with pytest.raises(ValueError, match="numeric"):
+        ArrayDataset(np.array(["a", "b"]))
+
+
+def test_a_backed_anndata_file_streams_batches_into_a_conditional_count_model(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    sim = simulate_counts(300, 40, num_batches=3, num_cell_types=2, seed=0)
+    adata = anndata.AnnData(X=np.zeros((300, 40), dtype=np.float32))
+    adata.layers["counts"] = sim.counts.numpy()
+    adata.obs["batch"] = np.array(["p", "q", "r"])[sim.batch.numpy()]
+    adata.obs["cell_type"] = np.array(["T", "B"])[sim.cell_type.numpy()]
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    stream = from_anndata(backed, layer="counts", batch_key="batch", labels_key="cell_type", stream=True)
+    full = from_anndata(anndata.read_h5ad(tmp_path / "cells.h5ad"), layer="counts", batch_key="batch",
+                        labels_key="cell_type")
+    assert isinstance(stream, CountDataset) and len(stream) == 300
+    assert stream.batch_categories == full.batch_categories == ("p", "q", "r")
+    counts, batch, labels = stream.__getitems__([299, 0, 150])
+    assert torch.equal(counts, full.counts[[299, 0, 150]]) and torch.equal(batch, full.batch[[299, 0, 150]])
+    assert torch.equal(labels, full.labels[[299, 0, 150]])
+    vae = CountVAE(40, num_batches=3, latent_dim=2, hidden_dims=(16,))
+    loader = from_anndata(backed, layer="counts", batch_key="batch", stream=True).loader(batch_size=64)
+    result = pvae.fit(vae, loader, num_epochs=2, learning_rate=1e-2, progress=False, diagnostics_every=None)
+    assert len(result.history) == 2 and result.history[1]["loss"] < result.history[0]["loss"]
+    with pytest.raises(ValueError, match="no layer 'raw'"):
+        from_anndata(backed, layer="raw", stream=True)
