@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -68,7 +69,7 @@ from .data.streaming import ArrayDataset  # noqa: E402
 from .inputs import as_data_args, as_data_tuple  # noqa: E402
 from .infer.capture import make_train_step  # noqa: E402
 from .infer.objectives import Objective, make_objective  # noqa: E402
-from .infer.train import CheckpointError, FitResult, _kl_schedule  # noqa: E402
+from .infer.train import CheckpointError, FitResult, _adam, _kl_schedule  # noqa: E402
 
 __all__ = ["DistributedTrainingError", "PvaeModule", "distributed_bounds", "fit_distributed", "load_checkpoint",
            "require_lightning", "step_seed"]
@@ -116,10 +117,10 @@ class PvaeModule(L.LightningModule):
         module.history          # one row per epoch, as pvae.fit's (on rank 0)
 
     Batches are tuples of the program's positional data (a tensor alone is a
-    one-tuple). Logged per epoch (``sync_dist``): ``loss``, ``elbo``,
-    ``reconstruction``, ``kl`` per datum (and ``bound`` for importance-weighted
-    objectives), ``kl_weight``, and ``val_elbo``, ``val_reconstruction``,
-    ``val_kl`` with validation data. Optimisation is manual: pvae's step (eager or
+    one-tuple). Logged once per epoch, as means per datum over every rank's rows:
+    ``loss``, ``elbo``, ``reconstruction``, ``kl`` (and ``bound`` for
+    importance-weighted objectives), ``kl_weight``, and ``val_elbo``,
+    ``val_reconstruction``, ``val_kl`` with validation data (``sync_dist``). Optimisation is manual: pvae's step (eager or
     captured) leaves the gradients, which are averaged over the ranks, then Adam
     updates (see the module docstring).
 
@@ -160,10 +161,12 @@ class PvaeModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self._step_fn = None
         self._epoch_started = 0.0
+        self._totals: torch.Tensor | None = None
+        self._seen, self._kl_last = 0, 1.0
 
     # -- set-up -------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self._params(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        return _adam(self._params(), self.learning_rate, self.weight_decay)  # pvae.fit's (fused) Adam
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in self.program.parameters() if p.requires_grad]
@@ -178,6 +181,7 @@ class PvaeModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
+        self._totals, self._seen = None, 0
 
     def _kl_weight(self, epoch: float) -> float:
         if callable(self.kl_warmup):
@@ -205,13 +209,13 @@ class PvaeModule(L.LightningModule):
             )
         _average_gradients(self._params())
         self.optimizers().step()
-        b = batch[0].shape[0]
-        logs = {"loss": terms.loss / b, "elbo": terms.elbo / b, "reconstruction": terms.reconstruction / b,
-                "kl": terms.kl / b, "kl_weight": torch.tensor(kl_weight)}
-        if terms.bound is not None:
-            logs["bound"] = terms.bound / b
-        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
-        return terms.loss.detach() / b
+        # the epoch's totals, added in place (as pvae's engine does): Lightning's per-step
+        # self.log costs more than a small step, so the rows are logged once per epoch
+        parts = torch.stack([terms.loss, terms.reconstruction, terms.kl] + ([] if terms.bound is None else [terms.bound]))
+        self._kl_last = kl_weight
+        self._totals = parts if self._totals is None else self._totals.add_(parts)
+        self._seen += batch[0].shape[0]
+        return terms.loss.detach() / batch[0].shape[0]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         batch = self._batch(batch)
@@ -222,8 +226,15 @@ class PvaeModule(L.LightningModule):
                        "val_kl": terms.kl / b}, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
 
     def on_train_epoch_end(self) -> None:
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-        row = {"epoch": self.current_epoch, **metrics, "seconds": time.perf_counter() - self._epoch_started}
+        totals = torch.cat([self._totals, self._totals.new_tensor([float(self._seen)])])
+        if _world()[1] > 1:
+            dist.all_reduce(totals)  # sums over the ranks: means per datum of the whole epoch
+        loss, rec, kl, *bound = (totals[:-1] / totals[-1]).tolist()
+        train = {"loss": loss, "elbo": rec - kl, "reconstruction": rec, "kl": kl, "kl_weight": self._kl_last,
+                 **({"bound": bound[0]} if bound else {})}
+        self.log_dict(train, on_epoch=True, sync_dist=True)  # the same on every rank already
+        val = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val_")}
+        row = {"epoch": self.current_epoch, **train, **val, "seconds": time.perf_counter() - self._epoch_started}
         self.history.append(row)
         root = self.trainer.default_root_dir
         if self.global_rank == 0 and root:
@@ -402,12 +413,16 @@ def fit_distributed(
     # top_k=1 without a monitor keeps the latest epoch's file; last.ckpt is a copy of it
     ckpt_cb = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=1, every_n_epochs=1)] \
         if checkpoint_dir is not None else []
-    trainer = L.Trainer(max_epochs=int(num_epochs), strategy=strategy, devices=devices, num_nodes=int(num_nodes),
-                        accelerator=accelerator, logger=False, enable_checkpointing=bool(ckpt_cb),
-                        callbacks=[*ckpt_cb, *callbacks], enable_progress_bar=bool(progress),
-                        enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0)
     last = root / LAST_CHECKPOINT
+    chatter = logging.getLogger("lightning.pytorch")
+    level = chatter.level
+    if not progress:
+        chatter.setLevel(logging.WARNING)  # "GPU available: False", tips: the Trainer's chatter in this process
     try:
+        trainer = L.Trainer(max_epochs=int(num_epochs), strategy=strategy, devices=devices, num_nodes=int(num_nodes),
+                            accelerator=accelerator, logger=False, enable_checkpointing=bool(ckpt_cb),
+                            callbacks=[*ckpt_cb, *callbacks], enable_progress_bar=bool(progress),
+                            enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0)
         trainer.fit(module, train, valid, ckpt_path=str(last) if resume else None)
     except Exception as err:
         if not _is_process_failure(err):
@@ -419,6 +434,8 @@ def fit_distributed(
             f"a training process ({'rank ' + str(rank) if rank is not None else 'a rank'}) failed: "
             f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}; {where}."
         ) from err
+    finally:
+        chatter.setLevel(level)
     history_file = root / HISTORY_NAME
     history = tuple(json.loads(history_file.read_text())) if history_file.is_file() else tuple(module.history)
     best = history[-1]["epoch"] if history else -1

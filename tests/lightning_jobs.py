@@ -44,14 +44,14 @@ def equal(out: Path) -> None:
     init = copy.deepcopy(vae.state_dict())
     loader = ArrayDataset(x).loader(batch_size=B)  # Lightning shards it with a DistributedSampler (seed 0)
     result = fit_distributed(vae, loader, strategy="ddp_spawn", devices=2, num_epochs=2, learning_rate=LR,
-                             seed=SEED)
+                             seed=SEED, kl_warmup=2)
     captured = _vae()  # the captured step of pvae.fit(compile=True), inside each rank
     fit_distributed(captured, loader, strategy="ddp_spawn", devices=2, num_epochs=2, learning_rate=LR, seed=SEED,
-                    compile=True)
+                    compile=True, kl_warmup=2)
     ref = _vae()
     ref.load_state_dict(init)
     params = [p for p in ref.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=LR)
+    opt = torch.optim.Adam(params, lr=LR, fused=True)  # pvae.fit's Adam
     step = TrainStep(ref, make_objective("elbo"), params)
     losses = []
     shards = [DistributedSampler(range(64), num_replicas=2, rank=rank, shuffle=True, seed=0) for rank in range(2)]
@@ -62,7 +62,8 @@ def equal(out: Path) -> None:
             shards[rank].set_epoch(epoch)
             rows = torch.tensor(list(shards[rank]))[k * B:(k + 1) * B]
             torch.manual_seed(step_seed(SEED, rank, s))
-            loss += float(step((x[rows],), 1.0).loss) / (2 * B)
+            kl_weight = min(1.0, (epoch + k / 4) / 2)  # KL warm-up over 2 epochs, per step
+            loss += float(step((x[rows],), kl_weight).loss) / (2 * B)
             grads.append([p.grad.clone() for p in params])
         for p, g0, g1 in zip(params, *grads):
             p.grad = (g0 + g1) / 2
@@ -132,10 +133,11 @@ def killed(out: Path) -> None:
     saved = load_checkpoint(ckpt, fresh)
     resumed = _vae()
     result = fit_distributed(resumed, x, strategy="ddp_spawn", devices=2, num_epochs=4, batch_size=B,
-                             learning_rate=LR, seed=SEED, checkpoint_dir=ckpt, resume=True)
+                             learning_rate=LR, seed=SEED, checkpoint_dir=ckpt, resume=True, validation_data=x[:16])
     torch.save({"message": message, "saved_epoch": int(saved["epoch"]), "saved_rows": len(saved["pvae_history"]),
                 "epochs": [int(r["epoch"]) for r in result.history],
-                "finite": all(np.isfinite(r["loss"]) for r in result.history)}, out)
+                "finite": all(np.isfinite(r["loss"]) for r in result.history),
+                "val_elbo": [r.get("val_elbo") for r in result.history]}, out)
 
 
 def _rss_mb() -> float:

@@ -32,8 +32,9 @@ def _job(name: str, tmp_path: Path, *extra: str, timeout: int = 240) -> dict:
 
 def test_two_ranks_train_to_the_parameters_of_one_process_with_the_global_batch(tmp_path):
     """2 gloo ranks x batch 8 against one process taking the same 16 rows per step as two
-    micro-batches (each with its rank's noise, ``step_seed``) and the mean of their gradients:
-    the same parameters after 8 steps, the same epoch losses and per-datum ELBOs."""
+    micro-batches (each with its rank's noise, ``step_seed``) and the mean of their gradients,
+    under a KL warm-up: the same parameters after 8 steps (eager and captured steps), the same
+    epoch losses and per-datum ELBOs."""
     r = _job("equal", tmp_path)
     assert r["moved"] > 1e-2, r  # training did move the parameters
     assert r["diff"] < 1e-6, r  # measured 0.0
@@ -56,6 +57,8 @@ def test_a_killed_rank_ends_the_run_clearly_and_resume_finishes_it(tmp_path):
     assert "last.ckpt is intact; resume with resume=True" in r["message"], r["message"]
     assert r["saved_epoch"] == 1 and r["saved_rows"] == 2  # epochs 0 and 1 finished before rank 1 died
     assert r["epochs"] == [0, 1, 2, 3] and r["finite"], r
+    # the resumed epochs ran with validation data: their rows carry the validation ELBO
+    assert r["val_elbo"][:2] == [None, None] and all(np.isfinite(v) for v in r["val_elbo"][2:]), r
 
 
 def test_streaming_a_memory_map_keeps_the_resident_set_far_below_the_file(tmp_path):

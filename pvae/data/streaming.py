@@ -10,12 +10,14 @@ one sorted read per batch, not one per row) and come with :meth:`loader`, a
 
 Memory: the pages of a memory-mapped file that a process has read count in its
 resident set until the kernel needs them back, so an epoch over a 2 GB file
-would show a 2 GB process, and since the kernel maps the 64 KiB around every
-page a read faults in, even one batch of scattered rows maps most of a file.
-:class:`ArrayDataset` reads a ``numpy.memmap`` 256 rows at a time and hands the
-pages back after each group (``madvise(MADV_DONTNEED)``; the file stays in the
-page cache, so a second epoch reads it from memory): the process holds about
-one batch and 16 MiB of mapped pages, whatever the file's size.
+would show a 2 GB process; and since a page fault maps the pages around the
+one asked for (fault-around, 64 KiB, or the whole page-cache folio, up to 2 MiB
+on recent kernels: measured on Linux 6.18), even one batch of 256 scattered
+rows maps most of a 256 MB file. :class:`ArrayDataset` reads a ``numpy.memmap``
+``RELEASE_ROWS`` (16) rows at a time and hands the pages back after each
+group (``madvise(MADV_DONTNEED)``; the file stays in the page cache, so a
+second epoch reads it from memory): the process holds about one batch and a
+few tens of MiB of mapped pages, whatever the file's size.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from ..inputs import DataError
 
-__all__ = ["ArrayDataset", "CountDataset"]
+__all__ = ["RELEASE_ROWS", "ArrayDataset", "CountDataset"]
 
-#: rows of a memory map read between two hand-backs of its pages (at most 256 x 64 KiB mapped)
-RELEASE_ROWS = 256
+#: rows of a memory map read between two hand-backs of its pages: a fault maps the page-cache
+#: folio around the row (up to 2 MiB on kernels with large folios), so at most ~32 MiB mapped
+RELEASE_ROWS = 16
 
 
 def _identity(batch: Any) -> Any:
@@ -148,10 +151,8 @@ class ArrayDataset(_BatchDataset):
 
     @staticmethod
     def _read_mapped(a: np.memmap, index: np.ndarray) -> np.ndarray:
-        """Rows of a memory map, :data:`RELEASE_ROWS` at a time, handing the mapped pages back
-        after each group: a page fault maps the pages around the one asked for too (the
-        kernel's fault-around, 64 KiB), so scattered rows would otherwise map a whole file's
-        worth of pages within one batch."""
+        """Rows of a memory map, ``RELEASE_ROWS`` at a time, handing the mapped pages back
+        after each group (see the module docstring)."""
         block = np.empty((len(index), *a.shape[1:]), dtype=a.dtype)
         for start in range(0, len(index), RELEASE_ROWS):
             block[start:start + RELEASE_ROWS] = a[index[start:start + RELEASE_ROWS]]
