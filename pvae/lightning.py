@@ -284,9 +284,11 @@ def load_checkpoint(path: str | os.PathLike, program: Any) -> dict[str, Any]:
 
 
 # -- evaluation ---------------------------------------------------------------------
-def distributed_bounds(program: Any, data: Any, bound: Literal["elbo", "iwae"] = "elbo", num_particles: int = 1,
+def distributed_bounds(program: Any, data: Any, bound: Literal["elbo", "iwae", "log_evidence"] = "elbo",
+                       num_particles: int = 1,
                        batch_size: int = 256, seed: int = 0) -> torch.Tensor:
-    """Per-datum ELBO or IWAE bound ``(n,)`` of ``data``, in data order, the same on any number of processes.
+    """Per-datum ELBO, IWAE bound or log-evidence ``(n,)`` of ``data``, in data order, the same on
+    any number of processes.
 
     The rows are cut into chunks of ``batch_size``; chunk :math:`k` is evaluated
     under the seed ``seed + k`` (the global generators are restored afterwards).
@@ -298,16 +300,17 @@ def distributed_bounds(program: Any, data: Any, bound: Literal["elbo", "iwae"] =
 
     :param program: the program (``model`` / ``guide``).
     :param data: a tensor or a tuple of tensors (the program's positional data).
-    :param str bound: ``"elbo"`` (:func:`pvae.infer.elbo_terms`) or ``"iwae"``
-        (:func:`pvae.infer.iwae_bound`). Default ``"elbo"``.
+    :param str bound: ``"elbo"`` (:func:`pvae.infer.elbo_terms`), ``"iwae"``
+        (:func:`pvae.infer.iwae_bound`) or ``"log_evidence"`` (:func:`pvae.infer.log_evidence`,
+        its ``log_evidence.value``: pass a large ``num_particles``). Default ``"elbo"``.
     :param int num_particles: particles per datum. Default 1.
     :param int batch_size: rows per chunk. Default 256.
     :param int seed: the seed of chunk 0. Default 0.
     """
-    from .infer import elbo_terms, iwae_bound
+    from .infer import elbo_terms, iwae_bound, log_evidence
 
-    if bound not in ("elbo", "iwae"):
-        raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}.")
+    if bound not in ("elbo", "iwae", "log_evidence"):
+        raise ValueError(f"bound must be 'elbo', 'iwae' or 'log_evidence', got {bound!r}.")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     tensors = as_data_tuple(program, data, "data")
@@ -322,8 +325,11 @@ def distributed_bounds(program: Any, data: Any, bound: Literal["elbo", "iwae"] =
                 torch.manual_seed(int(seed) + k)
                 if bound == "elbo":
                     v = elbo_terms(program.model, program.guide, *batch, num_particles=num_particles).elbo
-                else:
+                elif bound == "iwae":
                     v = iwae_bound(program.model, program.guide, *batch, num_particles=num_particles).value
+                else:
+                    v = log_evidence(program.model, program.guide, *batch,
+                                     num_particles=num_particles).log_evidence.value
             values.append(v)
     mine = torch.cat(values) if values else tensors[0].new_zeros(0)
     if world == 1:

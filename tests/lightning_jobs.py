@@ -86,8 +86,9 @@ def _bounds_rank(rank: int, world: int, port: int, out: str) -> None:
     x = torch.cat([_data(), _data()[:36]])  # 100 rows: 7 chunks of 16, the last partial
     iwae = distributed_bounds(vae, x, "iwae", num_particles=8, batch_size=16, seed=3)
     elbo = distributed_bounds(vae, x, "elbo", num_particles=2, batch_size=16, seed=3)
+    evidence = distributed_bounds(vae, x, "log_evidence", num_particles=64, batch_size=16, seed=3)
     if rank == 0:
-        torch.save({"iwae": iwae, "elbo": elbo}, out)
+        torch.save({"iwae": iwae, "elbo": elbo, "log_evidence": evidence}, out)
     dist.destroy_process_group()
 
 
@@ -103,7 +104,8 @@ def bounds(out: Path) -> None:
     vae = _vae()
     x = torch.cat([_data(), _data()[:36]])
     single = {"iwae": distributed_bounds(vae, x, "iwae", num_particles=8, batch_size=16, seed=3),
-              "elbo": distributed_bounds(vae, x, "elbo", num_particles=2, batch_size=16, seed=3)}
+              "elbo": distributed_bounds(vae, x, "elbo", num_particles=2, batch_size=16, seed=3),
+              "log_evidence": distributed_bounds(vae, x, "log_evidence", num_particles=64, batch_size=16, seed=3)}
     other_seed = distributed_bounds(vae, x, "iwae", num_particles=8, batch_size=16, seed=4)
     torch.save({"two": torch.load(two, weights_only=True), "one": single, "other_seed": other_seed}, out)
 

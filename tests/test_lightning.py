@@ -45,7 +45,7 @@ def test_two_ranks_train_to_the_parameters_of_one_process_with_the_global_batch(
 
 def test_per_datum_bounds_gathered_from_two_ranks_equal_one_process_in_data_order(tmp_path):
     r = _job("bounds", tmp_path)
-    for bound in ("iwae", "elbo"):
+    for bound in ("iwae", "elbo", "log_evidence"):
         assert r["two"][bound].shape == (100,)
         assert torch.equal(r["two"][bound], r["one"][bound]), bound
     assert not torch.equal(r["other_seed"], r["one"]["iwae"])  # the seed does set the draws
