@@ -31,6 +31,18 @@ observed units. Intervals are equal-tailed quantiles of the ``num_samples``
 draws: they express the posterior uncertainty about each unit's latents under
 the fitted networks, not the estimation error of the networks themselves.
 
+The treatment need not be binary: ``control`` and ``treated`` are any two
+values of the treatment site, so a categorical treatment gets the contrast
+between two of its arms (``control=0, treated=2``: integer codes stay
+integers) and a continuous one the effect of moving the dose from ``a`` to
+``b`` (``control=a, treated=b``),
+
+.. math::
+
+    \\hat\\tau_i(a, b) = \\frac1S \\sum_{s=1}^S \\Big(
+        \\mathbb E\\big[Y_i \\mid do(T_i = b), z_i^{(s)}\\big]
+      - \\mathbb E\\big[Y_i \\mid do(T_i = a), z_i^{(s)}\\big]\\Big).
+
 These answers are causal only under the model's assumptions -- the program's
 graph is the true one (the latents block every back-door path between ``t``
 and ``y``: ignorability given the latents) and every unit could receive either
@@ -210,8 +222,14 @@ def _units(model_trace, outcome: str, data_plate: str | None) -> int:
     return plates[name].size
 
 
-def _treatment_value(value: float | torch.Tensor) -> torch.Tensor:
-    return value.detach().clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+def _treatment_value(value: float | int | torch.Tensor) -> torch.Tensor:
+    """The intervention's value: a tensor as given, an int as an integer tensor (an arm's code,
+    e.g. for a categorical treatment that indexes its arms), any other number as a float."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return torch.tensor(value)
+    return torch.tensor(float(value))
 
 
 @torch.no_grad()

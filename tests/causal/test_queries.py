@@ -176,3 +176,61 @@ def test_queries_take_both_calling_conventions_and_numpy(verb):
     pyro.set_rng_seed(0)
     b = verb(linear_model, linear_guide, x.numpy(), num_samples=10)
     torch.testing.assert_close(a.mean, b.mean)
+
+
+# -- more than a binary treatment ------------------------------------------------------------
+# A proxy x ~ N(z, 1) of a latent confounder z ~ N(0, 1): the exact posterior given x alone is
+# q(z | x) = N(x / 2, 1/2), so E[z | x] = x / 2 and every effect has a closed form.
+ARM_BASE = torch.tensor([0.0, 1.0, 3.0])
+ARM_SLOPE = torch.tensor([0.0, -1.0, 2.0])
+
+
+def arms_model(x, t=None, y=None):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        logits = torch.stack([torch.zeros_like(z), z, -z], -1)
+        t = pyro.sample("t", dist.Categorical(logits=logits), obs=t)
+        return pyro.sample("y", dist.Normal(ARM_BASE[t] + ARM_SLOPE[t] * z + z, 1.0), obs=y)
+
+
+def dose_model(x, t=None, y=None):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        t = pyro.sample("t", dist.Normal(z, 1.0), obs=t)
+        return pyro.sample("y", dist.Normal(t * (0.5 + z) + 0.3 * t**2 + z, 1.0), obs=y)
+
+
+def exact_guide(x, t=None, y=None):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)))
+
+
+def test_a_contrast_between_two_arms_of_a_categorical_treatment_matches_its_closed_form():
+    x = torch.tensor([-2.0, 0.0, 1.0, 3.0])
+    program = ModelGuidePair(arms_model, exact_guide)
+    pyro.set_rng_seed(0)
+    for a, b in ((0, 2), (1, 2), (2, 0)):
+        est = ite(program, x, control=a, treated=b, num_samples=20000)
+        truth = ARM_BASE[b] - ARM_BASE[a] + (ARM_SLOPE[b] - ARM_SLOPE[a]) * x / 2
+        # Monte Carlo error of a mean of 20000 draws of (slope_b - slope_a) z, sd |d slope| sqrt(1/2)
+        se = (ARM_SLOPE[b] - ARM_SLOPE[a]).abs() * math.sqrt(0.5 / 20000)
+        assert ((est.mean - truth).abs() <= 4 * se + 1e-6).all(), (a, b, est.mean, truth)
+    assert float(ate(program, x, control=1, treated=1, num_samples=50).mean) == 0.0
+
+
+def test_the_effect_of_moving_a_continuous_dose_matches_its_closed_form():
+    x = torch.tensor([-1.0, 0.0, 2.0])
+    program = ModelGuidePair(dose_model, exact_guide)
+    pyro.set_rng_seed(1)
+    for a, b in ((0.0, 1.0), (1.0, 3.0), (2.0, -1.0)):
+        est = ite(program, x, control=a, treated=b, num_samples=20000)
+        truth = (b - a) * (0.5 + x / 2) + 0.3 * (b**2 - a**2)
+        se = abs(b - a) * math.sqrt(0.5 / 20000)
+        assert ((est.mean - truth).abs() <= 4 * se).all(), (a, b, est.mean, truth)
+    # a tensor dose per unit works too: each unit moved from 0 to its own dose
+    doses = torch.tensor([1.0, 2.0, 0.5])
+    est = ite(program, x, control=0.0, treated=doses, num_samples=20000)
+    truth = doses * (0.5 + x / 2) + 0.3 * doses**2
+    assert ((est.mean - truth).abs() <= 4 * doses * math.sqrt(0.5 / 20000)).all(), (est.mean, truth)
