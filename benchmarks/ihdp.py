@@ -19,12 +19,12 @@ effects and dominate every mean):
 
 Methods:
 
-- ``pvae``: :class:`pvae.causal.CEVAE` (normal outcome, the paper's sizes:
+- ``pvae``: :class:`pvae.causal.CEVAE` with ``preset="paper"`` (normal outcome, the paper's sizes:
   latent 20, 3 layers of 200, ELU; Adam 1e-3 decaying to 1e-4, weight decay
   1e-4, batch 100), ``--epochs`` passes (600), early stopping on the validation
   ELBO (``--outcome-weight`` reweights the outcome's log-likelihood; 1 is the
   paper's objective and the default);
-- ``pvae-x``: the same, with the two opt-in departures from the paper
+- ``pvae-x``: ``preset="pvae"``, the default: the same, with the two departures from the paper
   (``outcome_inputs="zx"``: the outcome networks also read x;
   ``outcome_standardisation="arm"``) and early stopping on the validation
   outcome error, each arm's outcome network at its own arm's best check
@@ -62,11 +62,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ihdp"
 METHODS = ("pvae", "pvae-x", "pyro", "tlearner")
-# pvae's CEVAE configurations: the paper's model, and outcome networks that also read x
-# with per-arm outcome standardisation and early stopping on the outcome, per arm
+# pvae's CEVAE configurations, by preset: the paper's model, and the default (outcome networks
+# that also read x, per-arm outcome standardisation, early stopping on the outcome, per arm)
 PVAE_CONFIGS: dict[str, dict[str, Any]] = {
-    "pvae": {},
-    "pvae-x": {"outcome_inputs": "zx", "outcome_standardisation": "arm", "fit": {"early_stopping": "outcome_per_arm"}},
+    "pvae": {"preset": "paper"},
+    "pvae-x": {"preset": "pvae"},
 }
 
 

@@ -250,9 +250,8 @@ if (ihdp_dir / "ihdp_npci_9.csv").is_file():
     tr9, va9, te9 = (full9.subset(i) for i in ihdp_split(len(full9), replication=9))
     size = dict(latent_dim=5, hidden_dim=32, num_layers=2) if SMOKE else {}
     configs = {
-        "paper: p(y | t, z)": ({}, {}),
-        "zx + arm standardisation": (dict(outcome_inputs="zx", outcome_standardisation="arm"),
-                                     dict(early_stopping="outcome_per_arm")),
+        "preset='paper': p(y | t, z)": (dict(preset="paper"), {}),
+        "preset='pvae': zx, arm standardisation": ({}, {}),
     }
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, (label, (options, fit_options)) in zip(axes, configs.items()):
