@@ -69,7 +69,7 @@ from .data.streaming import ArrayDataset  # noqa: E402
 from .inputs import as_data_args, as_data_tuple  # noqa: E402
 from .infer.capture import make_train_step  # noqa: E402
 from .infer.objectives import Objective, make_objective  # noqa: E402
-from .infer.train import CheckpointError, FitResult, _adam, _kl_schedule  # noqa: E402
+from .infer.train import CheckpointError, FitResult, _adam, _kl_schedule, _read_weights_only  # noqa: E402
 
 __all__ = ["DistributedTrainingError", "PvaeModule", "distributed_bounds", "fit_distributed", "load_checkpoint",
            "require_lightning", "step_seed"]
@@ -120,9 +120,10 @@ class PvaeModule(L.LightningModule):
     one-tuple). Logged once per epoch, as means per datum over every rank's rows:
     ``loss``, ``elbo``, ``reconstruction``, ``kl`` (and ``bound`` for
     importance-weighted objectives), ``kl_weight``, and ``val_elbo``,
-    ``val_reconstruction``, ``val_kl`` with validation data (``sync_dist``). Optimisation is manual: pvae's step (eager or
-    captured) leaves the gradients, which are averaged over the ranks, then Adam
-    updates (see the module docstring).
+    ``val_reconstruction``, ``val_kl`` with validation data (``sync_dist``).
+    Optimisation is manual: pvae's step (eager or captured) leaves the
+    gradients, which are averaged over the ranks, then Adam updates (see the
+    module docstring).
 
     :param program: anything with ``model`` and ``guide`` whose parameters are an
         ``nn.Module``'s (pvae's programs; a user's ``PyroModule``).
@@ -226,6 +227,8 @@ class PvaeModule(L.LightningModule):
                        "val_kl": terms.kl / b}, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
 
     def on_train_epoch_end(self) -> None:
+        if self._totals is None:  # no batch this epoch (an empty shard): no row
+            return
         totals = torch.cat([self._totals, self._totals.new_tensor([float(self._seen)])])
         if _world()[1] > 1:
             dist.all_reduce(totals)  # sums over the ranks: means per datum of the whole epoch
@@ -260,18 +263,7 @@ def load_checkpoint(path: str | os.PathLike, program: Any) -> dict[str, Any]:
     :returns: the checkpoint (``epoch``, ``global_step``, ``pvae_history``, ...).
     :raises CheckpointError: if the file is missing, corrupt, foreign, or for another program.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAST_CHECKPOINT
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}. Try the checkpoint_dir of a distributed fit.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for bad files
-        raise CheckpointError(
-            f"{path} is corrupt or not a checkpoint (loaded with weights_only=True, which never runs pickled "
-            f"code): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from None
+    path, ckpt = _read_weights_only(path, LAST_CHECKPOINT, "Try the checkpoint_dir of a distributed fit.")
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.startswith("program.") for k in state):
         raise CheckpointError(f"{path} is not a checkpoint of a pvae.lightning.PvaeModule (no 'program.' weights).")

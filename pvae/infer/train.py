@@ -163,6 +163,24 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _read_weights_only(path: str | os.PathLike, default_name: str, hint: str) -> tuple[Path, Any]:
+    """``(path, contents)`` of a checkpoint file (or ``default_name`` in a directory), read with
+    ``torch.load(weights_only=True)``; a missing, corrupt or foreign file is a :class:`CheckpointError`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}. {hint}")
+    try:
+        return path, torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bad files
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"{path} is corrupt or not a pvae checkpoint (it was loaded with weights_only=True, "
+            f"which never runs pickled code): {type(err).__name__}: {message}"
+        ) from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a pvae checkpoint safely (``torch.load(weights_only=True)``: no code
     is unpickled).
@@ -170,18 +188,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     :param path: the checkpoint file, or the directory holding ``checkpoint.pt``.
     :raises CheckpointError: if the file is missing, corrupt, or not pvae's.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}. Try the --out/checkpoint_dir of a fit.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for bad files
-        raise CheckpointError(
-            f"{path} is corrupt or not a pvae checkpoint (it was loaded with weights_only=True, "
-            f"which never runs pickled code): {type(err).__name__}: {str(err).splitlines()[0]}"
-        ) from None
+    path, ckpt = _read_weights_only(path, CHECKPOINT_NAME, "Try the --out/checkpoint_dir of a fit.")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pvae checkpoint (no '{CHECKPOINT_FORMAT}' format tag).")
     missing = sorted(set(_CHECKPOINT_KEYS) - set(ckpt))
