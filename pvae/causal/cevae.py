@@ -109,6 +109,8 @@ References
 3. J. Pearl. Causality, 2nd ed. 2009 (back-door criterion).
 4. https://github.com/AMLab-Amsterdam/CEVAE (``cevae_ihdp.py``).
 5. J. L. Hill. Bayesian Nonparametric Modeling for Causal Inference. 2011.
+6. B. Lakshminarayanan, A. Pritzel, C. Blundell. Simple and Scalable Predictive
+   Uncertainty Estimation using Deep Ensembles. NeurIPS 2017.
 """
 
 from __future__ import annotations
@@ -472,6 +474,7 @@ class CEVAE(PyroModule):
         self.feature_types = None if feature_types is None else self._check_feature_types(feature_types)
         self.training_history: list[dict[str, float]] = []
         self.validation_rows: torch.Tensor | None = None
+        self.members: list[CEVAE] = []  # the other members of a deep ensemble (fit(num_fits=M))
 
         D, d, h, L = self.feature_dim, self.latent_dim, self.hidden_dim, self.num_layers
         trunk = [h] * (L - 1)
@@ -725,6 +728,7 @@ class CEVAE(PyroModule):
         early_stopping: Literal["elbo", "outcome", "outcome_per_arm"] | None = None,
         seed: int | None = None,
         compile: bool | Literal["graph", "inductor", "auto"] = False,
+        num_fits: int = 1,
     ) -> list[float]:
         """Fit by stochastic variational inference with :class:`CEVAEObjective`.
 
@@ -796,10 +800,20 @@ class CEVAE(PyroModule):
             :func:`pvae.fit` does (:func:`pvae.infer.make_train_step`):
             ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"`` or
             ``"auto"``. The last partial batch of an epoch runs eagerly. Default False.
-        :returns: the loss per datum of every step (Pyro's return value).
+        :param int num_fits: fit a deep ensemble (Lakshminarayanan et al. 2017) of this many
+            models: this one, then ``num_fits - 1`` more of the same configuration with the
+            seeds ``seed + 1, ...`` (0 + m without a seed: other initialisations, data orders
+            and validation splits), kept in ``members``. Every effect query then pools the
+            members' posterior draws, so the intervals of :meth:`effect_inference` carry the
+            networks' estimation error as well as the latent posterior's spread. Costs
+            ``num_fits`` times the training. Default 1.
+        :returns: the loss per datum of every step (Pyro's return value) of this model.
         :raises ValueError: on bad data or options, before anything is trained.
         """
         x, t, y = self._check_fit_inputs(x, t, y)
+        if isinstance(num_fits, bool) or int(num_fits) != num_fits or num_fits < 1:
+            raise ValueError(f"num_fits must be a positive integer, got {num_fits!r}. Try num_fits=5 for an ensemble.")
+        given = (x, t, y)
         defaults = PRESETS[self.preset]
         num_epochs = defaults["num_epochs"] if num_epochs is None else num_epochs
         early_stopping = defaults["early_stopping"] if early_stopping is None else early_stopping
@@ -843,9 +857,17 @@ class CEVAE(PyroModule):
         self.validation_rows = validation_rows
         self._set_standardisation(x, y, t)
         self.fitted.fill_(True)
-        return self._train(x, t, y, valid, int(num_epochs), int(batch_size), float(learning_rate),
-                           float(learning_rate_decay), float(weight_decay), int(log_every), patience, early_stopping,
-                           compile)
+        self.members = []
+        losses = self._train(x, t, y, valid, int(num_epochs), int(batch_size), float(learning_rate),
+                             float(learning_rate_decay), float(weight_decay), int(log_every), patience, early_stopping,
+                             compile)
+        for m in range(1, int(num_fits)):
+            member = type(self)(**self.config())
+            member.fit(*given, num_epochs, batch_size, learning_rate, learning_rate_decay, weight_decay, log_every,
+                       validation_data=validation_data, validation_fraction=validation_fraction, patience=patience,
+                       early_stopping=early_stopping, seed=(0 if seed is None else int(seed)) + m, compile=compile)
+            self.members.append(member)
+        return losses
 
     def _check_fit_inputs(self, x, t, y, name: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if t is None or y is None:
@@ -925,8 +947,13 @@ class CEVAE(PyroModule):
 
     # -- queries ----------------------------------------------------------------------
     @torch.no_grad()
-    def _outcome_draws(self, x: Any, num_samples: int | None, batch_size: int | None) -> torch.Tensor:
-        """``(2, num_samples, n)`` draws of E[y | do(t=a), z], a = 0, 1, z ~ q(z | x)."""
+    def _outcome_draws(self, x: Any, num_samples: int | None, batch_size: int | None,
+                       ensemble: bool = True) -> torch.Tensor:
+        """``(2, num_samples, n)`` draws of E[y | do(t=a), z], a = 0, 1, z ~ q(z | x); with an
+        ensemble (and ``ensemble``), every member's draws: ``(2, members * num_samples, n)``."""
+        if ensemble and self.members:
+            return torch.cat([self._outcome_draws(x, num_samples, batch_size, False)]
+                             + [m._outcome_draws(x, num_samples, batch_size, False) for m in self.members], 1)
         x = self.validate(x)[0]
         num_samples = self.num_samples if num_samples is None else num_samples
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1):
@@ -982,25 +1009,33 @@ class CEVAE(PyroModule):
         return y0, y1
 
     def effect_inference(self, x: Any, alpha: float = 0.05, num_samples: int | None = None,
-                         batch_size: int | None = None) -> EffectEstimate:
-        """Per-unit effects with equal-tailed posterior intervals, as an :class:`EffectEstimate`.
+                         batch_size: int | None = None,
+                         method: Literal["ensemble", "posterior"] = "ensemble") -> EffectEstimate:
+        """Per-unit effects with equal-tailed intervals, as an :class:`EffectEstimate`.
 
-        The intervals are the spread of the posterior over each unit's latent
-        confounder under the fitted networks; they do not include the networks'
-        estimation error.
+        ``method="posterior"``: the spread of the posterior over each unit's latent
+        confounder under this model's fitted networks; it does not include the
+        networks' estimation error. ``method="ensemble"`` (default): the quantiles of
+        the pooled draws of every member of a deep ensemble (``fit(num_fits=M)``),
+        :math:`\\{\\tau^{(m, s)}(x)\\}_{m \\le M, s \\le S}`, a mixture over fits, so the
+        spread between fits (initialisation, data order, validation split) is in the
+        interval; with one fit it is the posterior interval.
         """
         self._require_fitted()
         _check_alpha(alpha)
-        draws = self._outcome_draws(x, num_samples, batch_size)
+        if method not in ("ensemble", "posterior"):
+            raise ValueError(f"method must be 'ensemble' or 'posterior', got {method!r}.")
+        draws = self._outcome_draws(x, num_samples, batch_size, ensemble=method == "ensemble")
         effect = draws[1] - draws[0]
         q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=effect.dtype)
         lower, upper = torch.quantile(effect, q, dim=0)
         return EffectEstimate(effect.mean(0), lower, upper, float(alpha), effect.shape[0], effect)
 
     def effect_interval(self, x: Any, alpha: float = 0.05, num_samples: int | None = None,
-                        batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        batch_size: int | None = None,
+                        method: Literal["ensemble", "posterior"] = "ensemble") -> tuple[torch.Tensor, torch.Tensor]:
         """``(lower, upper)`` per unit, each ``(n,)``: see :meth:`effect_inference`."""
-        est = self.effect_inference(x, alpha, num_samples, batch_size)
+        est = self.effect_inference(x, alpha, num_samples, batch_size, method)
         return est.lower, est.upper
 
     def ate(self, x: Any, num_samples: int | None = None, batch_size: int | None = None) -> float:
@@ -1046,8 +1081,10 @@ class CEVAE(PyroModule):
 
     # -- saving -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the configuration and ``state_dict`` (loadable with ``weights_only=True``)."""
-        torch.save({"format": SAVE_FORMAT, "config": self.config(), "state_dict": self.state_dict()}, path)
+        """Write the configuration and ``state_dict``, and those of an ensemble's members
+        (loadable with ``weights_only=True``)."""
+        torch.save({"format": SAVE_FORMAT, "config": self.config(), "state_dict": self.state_dict(),
+                    "members": [m.state_dict() for m in self.members]}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CEVAE":
@@ -1069,6 +1106,11 @@ class CEVAE(PyroModule):
             raise ValueError(f"{path} is not a CEVAE file written by CEVAE.save (no {SAVE_FORMAT!r} tag).")
         model = cls(**saved["config"])
         model.load_state_dict(saved["state_dict"])
+        for state in saved.get("members", []):
+            member = cls(**saved["config"])
+            member.load_state_dict(state)
+            member.eval()
+            model.members.append(member)
         model.eval()
         return model
 

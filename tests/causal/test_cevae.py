@@ -463,3 +463,44 @@ def test_outcome_option_errors():
         CEVAE(4, "normal", outcome_standardisation="each")
     with pytest.raises(ValueError, match="outcome_standardisation='arm' needs a location-scale outcome"):
         CEVAE(4, "bernoulli", outcome_standardisation="arm")
+
+
+def test_a_deep_ensemble_pools_its_members_posterior_draws():
+    x, t, y = _data("normal", 60)
+    pyro.set_rng_seed(1)
+    model = CEVAE(4, "normal", **SMALL)
+    losses = model.fit(x, t, y, num_epochs=3, batch_size=20, seed=5, num_fits=3)
+    assert len(model.members) == 2 and len(losses) == 3 * 3
+    pyro.set_rng_seed(1)
+    single = CEVAE(4, "normal", **SMALL)
+    single.fit(x, t, y, num_epochs=3, batch_size=20, seed=5)
+    # member 0 is the plain fit with the same seed; the others differ (seeds 6, 7)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), single.state_dict().values()))
+    assert not torch.equal(model.members[0].py0[0].weight, model.py0[0].weight)
+    pyro.set_rng_seed(0)
+    posterior = model.effect_inference(x, num_samples=40, method="posterior")
+    pyro.set_rng_seed(0)
+    alone = single.effect_inference(x, num_samples=40)
+    torch.testing.assert_close(posterior.mean, alone.mean)
+    pyro.set_rng_seed(0)
+    pooled = model.effect_inference(x, num_samples=40)
+    assert pooled.num_samples == 3 * 40  # every member's draws
+    # the pooled mean is the members' average: between their smallest and largest
+    per_member = torch.stack([m.effect_inference(x, num_samples=400, method="posterior").mean
+                              for m in (model, *model.members)])
+    assert ((pooled.upper - pooled.lower).mean() >= (posterior.upper - posterior.lower).mean()), "wider"
+    pyro.set_rng_seed(0)
+    ite = model.ite(x, num_samples=400)
+    assert ((ite >= per_member.min(0).values - 0.05) & (ite <= per_member.max(0).values + 0.05)).all()
+    lower, upper = model.effect_interval(x, num_samples=40, method="posterior")
+    assert lower.shape == upper.shape == (60,)
+    # the members survive save / load
+    with tempfile.TemporaryDirectory() as d:
+        model.save(Path(d) / "ensemble.pt")
+        loaded = CEVAE.load(Path(d) / "ensemble.pt")
+    assert len(loaded.members) == 2
+    assert torch.equal(loaded.members[1].py1[0].weight, model.members[1].py1[0].weight)
+    with pytest.raises(ValueError, match="num_fits must be a positive integer"):
+        CEVAE(4, "normal", **SMALL).fit(x, t, y, num_epochs=1, num_fits=0)
+    with pytest.raises(ValueError, match="method must be 'ensemble' or 'posterior'"):
+        model.effect_inference(x, method="bootstrap")
