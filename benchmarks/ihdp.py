@@ -15,6 +15,12 @@ effects and dominate every mean):
 - for pvae, whether the 95% ``ate_interval`` on the test rows covers the
   test rows' true ATE (and, for comparison, the interval from the posterior
   draws alone);
+- the coverage and mean width of 95% intervals of each test unit's true effect
+  mu1 - mu0, from the ensemble's pooled draws (``--ensemble M``: a deep ensemble
+  of M fits, ``fit(num_fits=M)``) and from one model's posterior;
+- with ``--refute S``: the placebo and random-common-cause refutations
+  (:func:`pvae.causal.refute`, S refits each on the training rows): the new
+  effect and whether its interval covers what it should (0; the original);
 - seconds per replication (training and prediction, one CPU thread).
 
 Methods:
@@ -110,7 +116,7 @@ def run_job(method: str, rep: int, seed: int, args: dict[str, Any]) -> dict[str,
         options.pop("fit", None)
         model = CEVAE(feature_dim=train.x.shape[1], outcome_dist="normal", **options)
         model.fit(train.x, train.t, train.y, num_epochs=args["epochs"], validation_data=(valid.x, valid.t, valid.y),
-                  seed=seed, **fit_options)
+                  seed=seed, num_fits=args["ensemble"], **fit_options)
         ite_in, ite_out = model.ite(within.x), model.ite(test.x)
         est = model.ate_inference(test.x)
         truth = float(test.true_ite.mean())
@@ -118,6 +124,27 @@ def run_job(method: str, rep: int, seed: int, args: dict[str, Any]) -> dict[str,
         out.update(ate_lower=float(est.lower), ate_upper=float(est.upper),
                    covered=bool(est.lower <= truth <= est.upper),
                    covered_posterior=bool(q[0] <= truth <= q[1]))
+        # 95% intervals of each test unit's true effect mu1 - mu0: the ensemble's and one model's posterior
+        for tag, method_ in (("ens", "ensemble"), ("post", "posterior")):
+            unit = model.effect_inference(test.x, method=method_)
+            inside = (unit.lower <= test.true_ite) & (test.true_ite <= unit.upper)
+            out[f"ite_cover_{tag}"] = float(inside.float().mean())
+            out[f"ite_width_{tag}"] = float((unit.upper - unit.lower).mean())
+        if args["refute"]:
+            from pvae.causal import refute
+
+            def refit(x, t, y):  # the same configuration, its own validation split (the preset's)
+                m = CEVAE(feature_dim=x.shape[1], outcome_dist="normal", **options)
+                m.fit(x, t, y, num_epochs=args["epochs"], seed=seed, **fit_options)
+                return m.ate(x)
+
+            base = None  # the refits' own configuration on the training rows: one more fit, like with like
+            for name in ("placebo", "random_common_cause"):
+                res = refute(refit, train.x, train.t, train.y, name, num_simulations=args["refute"],
+                             original=base, seed=seed)
+                base = res.original
+                out[f"{name}_effect"], out[f"{name}_p"] = res.new_effect, res.p_value
+                out[f"{name}_covers"] = bool(res.lower <= res.expected <= res.upper)
     elif method == "pyro":
         pyro.set_rng_seed(seed)
         # pvae keeps module parameters local; Pyro's CEVAE trains through the global param store
@@ -196,6 +223,20 @@ def report(results: list[dict[str, Any]], methods: list[str], reps: list[int], s
         cov_post = sum(by[ours, r, s]["covered_posterior"] for r in reps for s in seeds)
         lines += ["", f"{ours} 95% ATE interval (test rows) covers the true ATE: {cov}/{n} (replication x seed); "
                   f"posterior draws alone: {cov_post}/{n}"]
+        runs = [by[ours, r, s] for r in reps for s in seeds]
+        per_run = ", ".join(f"{x['ite_cover_ens']:.2f}" for x in runs)
+        lines.append(f"{ours} 95% individual-effect intervals cover mu1 - mu0 of "
+                     f"{statistics.fmean(x['ite_cover_ens'] for x in runs):.3f} of test units (mean width "
+                     f"{statistics.fmean(x['ite_width_ens'] for x in runs):.2f}) with the ensemble's draws, "
+                     f"{statistics.fmean(x['ite_cover_post'] for x in runs):.3f} (width "
+                     f"{statistics.fmean(x['ite_width_post'] for x in runs):.2f}) with one model's posterior; "
+                     f"per run: {per_run}")
+        if "placebo_effect" in runs[0]:
+            lines.append(f"{ours} placebo: new effect " + ", ".join(f"{x['placebo_effect']:.3f}" for x in runs)
+                         + f"; interval covers 0 in {sum(x['placebo_covers'] for x in runs)}/{n}")
+            lines.append(f"{ours} random common cause: new effect " + ", ".join(
+                f"{x['random_common_cause_effect']:.3f}" for x in runs)
+                + f"; interval covers the original in {sum(x['random_common_cause_covers'] for x in runs)}/{n}")
         for other in (m for m in methods if m not in PVAE_CONFIGS):
             wins = sum(rep_mean(ours, r, "pehe_out") < rep_mean(other, r, "pehe_out") for r in reps)
             lines.append(f"{ours} has a lower out-of-sample sqrt(PEHE) than {other} on {wins}/{len(reps)} replications")
@@ -226,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
     parser.add_argument("--pvae-options", default="{}",
                         help='JSON of CEVAE constructor options, with fit options under "fit" (for experiments)')
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="pvae CEVAE: fit a deep ensemble of this many models (fit(num_fits=...); default 1)")
+    parser.add_argument("--refute", type=int, default=0,
+                        help="pvae CEVAE: placebo and random-common-cause refutations with this many refits each "
+                             "(each a full fit; default 0: none)")
     parser.add_argument("--json", help="also write every job's scores to this file")
     args = parser.parse_args(argv)
     reps, methods = _parse_reps(args.replications), args.methods.split(",")
@@ -234,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     if not Path(args.data).is_dir():
         parser.error(f"IHDP folder not found: {args.data}. Try --data ../shared/data/ihdp")
-    shared = {"data": args.data, "epochs": args.epochs, "pyro_epochs": args.pyro_epochs,
+    shared = {"data": args.data, "epochs": args.epochs, "pyro_epochs": args.pyro_epochs, "ensemble": args.ensemble,
+              "refute": args.refute,
               "pvae_options": {"outcome_weight": args.outcome_weight, **json.loads(args.pvae_options)}}
     # the slowest jobs first, so that the pool ends together
     order = {"pyro": 0, "pvae-x": 1, "pvae": 2, "tlearner": 3}
