@@ -155,8 +155,7 @@ class PvaeModule(L.LightningModule):
         self.objective = make_objective(objective, num_particles=num_particles) if isinstance(objective, str) \
             else objective
         self.learning_rate, self.weight_decay = float(learning_rate), float(weight_decay)
-        _kl_schedule(kl_warmup)  # checks the value; the schedule itself is _kl_weight (spawn pickles the module)
-        self.kl_warmup = kl_warmup
+        self.kl_schedule = _kl_schedule(kl_warmup)  # picklable (ddp_spawn pickles the module)
         self.compile, self.seed = compile, seed
         self.automatic_optimization = False
         self.history: list[dict[str, float]] = []
@@ -184,11 +183,6 @@ class PvaeModule(L.LightningModule):
         self._epoch_started = time.perf_counter()
         self._totals, self._seen = None, 0
 
-    def _kl_weight(self, epoch: float) -> float:
-        if callable(self.kl_warmup):
-            return self.kl_warmup(epoch)
-        return 1.0 if not self.kl_warmup else min(1.0, epoch / float(self.kl_warmup))
-
     def _batch(self, batch: Any) -> tuple[torch.Tensor, ...]:
         batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
         return as_data_args(self.program, batch, device=self.device)
@@ -198,7 +192,7 @@ class PvaeModule(L.LightningModule):
         batch = self._batch(batch)
         steps = self.trainer.num_training_batches
         epoch = self.current_epoch + (batch_idx / steps if math.isfinite(steps) and steps else 0.0)
-        kl_weight = float(self._kl_weight(epoch))
+        kl_weight = float(self.kl_schedule(epoch))
         if self.seed is not None:
             torch.manual_seed(step_seed(self.seed, self.global_rank, self.global_step))
         with pyro.validation_enabled(False):

@@ -266,15 +266,24 @@ class Checkpoint(Callback):
 
 
 # -- schedules -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LinearWarmup:
+    """KL weight rising linearly from 0 to 1 over ``epochs`` (a picklable schedule: spawned
+    processes of the Lightning path receive it)."""
+
+    epochs: float
+
+    def __call__(self, epoch: float) -> float:
+        return min(1.0, epoch / self.epochs) if self.epochs > 0 else 1.0
+
+
 def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Callable[[float], float]:
     """Epoch (fractional) -> KL weight."""
-    if kl_warmup is None or kl_warmup == 0:
-        return lambda epoch: 1.0
     if callable(kl_warmup):
         return kl_warmup
-    if kl_warmup < 0:
+    if kl_warmup is not None and kl_warmup < 0:
         raise ValueError(f"kl_warmup must be >= 0 epochs or a callable, got {kl_warmup!r}.")
-    return lambda epoch: min(1.0, epoch / float(kl_warmup))
+    return _LinearWarmup(float(kl_warmup or 0))
 
 
 # -- the step ------------------------------------------------------------------
