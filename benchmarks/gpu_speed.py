@@ -28,6 +28,13 @@ disagreed with the eager step, runs eagerly: "eager (<reason>)").
 The library is device-agnostic: fit gets ``device=``; this script moves the
 hand-written networks and the data itself.
 
+``--parity`` first trains the same VAE from one seed eagerly, with
+``compile=True`` and with ``compile="inductor"`` on the device (ELBO, IWAE K=5,
+DReG; 4 epochs of 1000 rows) and prints the largest parameter difference from
+the eager run and the last epoch's ELBO of each, then ``iwae_bound`` (K=500)
+eager against ``compile=True``: the graph must equal eager to the bit on CUDA
+too, inductor to float tolerance (its kernels round differently).
+
 Not part of CI. Without CUDA (and ``--device cuda``) it prints why and exits at
 once with status 2, having imported nothing but torch; ``--device cpu`` runs the
 same code on the CPU (a smoke test; use ``--max-rows`` to keep it short).
@@ -35,6 +42,7 @@ same code on the CPU (a smoke test; use ``--max-rows`` to keep it short).
 Usage::
 
     python benchmarks/gpu_speed.py [--data-dir ../shared/data/mnist] [--epochs 5] [--no-inductor]
+    python benchmarks/gpu_speed.py --parity --epochs 3                       # parity, then speed
     python benchmarks/gpu_speed.py --device cpu --max-rows 1000 --epochs 1   # smoke test
 """
 
@@ -65,6 +73,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the host side of the loop)")
     parser.add_argument("--inductor", action=argparse.BooleanOptionalAction, default=True,
                         help="include fit(compile='inductor') (its first compile takes tens of seconds)")
+    parser.add_argument("--parity", action="store_true",
+                        help="first check that captured and compiled training equal eager training on the device")
     parser.add_argument("--warm-inductor-cache", action="store_true",
                         help="use inductor's usual on-disk cache instead of a fresh one (measures a rerun)")
     return parser.parse_args()
@@ -98,6 +108,8 @@ def main() -> None:
     if args.max_rows is not None:
         x = x[: args.max_rows]
     x = x.to(device)
+    if args.parity:
+        parity(x[:1000], device, args.inductor)
     d, n, batch = x.shape[1], x.shape[0], args.batch_size
 
     clock = Clock(sync=torch.cuda.synchronize if device.type == "cuda" else None)
@@ -132,6 +144,37 @@ def main() -> None:
     columns = {k: v for k, v in COLUMNS.items() if args.inductor or k != "f"}
     print_tables([("mnist", n, clock.medians())], columns)
     print_compile_reports(reports, columns)
+
+
+def parity(x: torch.Tensor, device: torch.device, inductor: bool) -> None:
+    """Train one VAE from one seed eagerly and captured; print how far the captured runs end from eager."""
+    import pvae
+
+    def train(objective: str, compile) -> tuple[list[torch.Tensor], float]:
+        torch.manual_seed(0)
+        vae = pvae.VAE(x.shape[1], 16, hidden_dims=(256,), likelihood="bernoulli")
+        loss = "elbo" if objective == "elbo" else pvae.infer.make_objective(
+            "iwae", num_particles=5, estimator="dreg" if objective == "dreg" else "standard")
+        result = pvae.fit(vae, x, num_epochs=4, batch_size=100, seed=0, device=device, progress=False,
+                          objective=loss, compile=compile)
+        return [p.detach().clone() for p in vae.parameters()], result.history[-1]["elbo"]
+
+    print(f"parity on {device}: VAE {x.shape[1]}-256-16, {x.shape[0]} rows, 4 epochs, seed 0; "
+          "max |theta - theta_eager| over all parameters after training")
+    for objective in ("elbo", "iwae", "dreg"):
+        eager, eager_elbo = train(objective, False)
+        for mode in (True, "inductor") if inductor else (True,):
+            params, elbo = train(objective, mode)
+            diff = max(float((a - b).abs().max()) for a, b in zip(params, eager))
+            print(f"  {objective:5s} compile={mode!s:9s} max diff {diff:.3e}; last-epoch ELBO {elbo:.4f} "
+                  f"(eager {eager_elbo:.4f})")
+    vae = pvae.VAE(x.shape[1], 16, hidden_dims=(256,), likelihood="bernoulli").to(device)
+    bounds = []
+    for compile in (False, True):
+        torch.manual_seed(1)
+        bounds.append(pvae.infer.iwae_bound(vae, x[:200], num_particles=500, compile=compile).value)
+    print(f"  iwae_bound K=500 on 200 rows: eager {float(bounds[0].mean()):.6f}, compile=True "
+          f"{float(bounds[1].mean()):.6f}, max per-datum diff {float((bounds[0] - bounds[1]).abs().max()):.3e}")
 
 
 if __name__ == "__main__":

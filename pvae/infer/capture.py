@@ -267,8 +267,8 @@ class CapturedStep(TrainStep):
             return
         if self.mode == "inductor":
             graph = _compile(graph, batch[0].device)
-            with _fork_rng(batch):
-                graph(weight, *batch)  # compile now, so that the time printed includes it
+            with _fork_rng(batch), torch.no_grad():
+                graph(weight, *batch)  # compile now (as it will run), so that the time printed includes it
         self._graph, self._used, self._has_bound = graph, used, has_bound[0]
         self._signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
         self.capture_seconds += time.perf_counter() - tick
@@ -288,7 +288,11 @@ class CapturedStep(TrainStep):
 
     # -- replay -------------------------------------------------------------------------
     def _run_graph(self, batch: tuple[torch.Tensor, ...], weight: torch.Tensor) -> tuple[StepTerms, list[torch.Tensor]]:
-        out = self._graph(weight, *batch)
+        # the graph holds the backward pass as ordinary operations: autograd must not
+        # record them again (that costs 5-10% of a replay, and under torch.compile a
+        # second, joint backward graph, which also keeps CUDA graphs off their fast path)
+        with torch.no_grad():
+            out = self._graph(weight, *batch)
         k = 4 if self._has_bound else 3
         values, grads = out[:k], list(out[k:])
         return StepTerms(values[0], values[1], values[2], values[3] if self._has_bound else None), grads

@@ -94,6 +94,20 @@ def test_captured_losses_and_gradients_equal_the_eager_ones(make, objective):
         torch.testing.assert_close(g_captured, g_eager, rtol=0, atol=0)
 
 
+def test_replayed_gradients_carry_no_autograd_history():
+    """The graph holds the backward pass as ordinary operations; replaying it with
+    autograd recording would give every gradient a grad_fn and cost a second,
+    unused backward graph (under torch.compile on CUDA it also kept CUDA graphs off
+    their fast path: 3.5x slower than eager on an H200, 0.16x once replayed
+    without it)."""
+    vae = _vae()
+    batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(3)]  # step 1 is checked, steps 2-3 replay
+    step, losses, grads = _steps(CapturedStep, vae, ElboObjective(), batches, [1.0] * 3)
+    assert step.fallback is None and step._steps == 3
+    assert not losses.requires_grad
+    assert all(g is not None and not g.requires_grad and g.grad_fn is None for g in grads)
+
+
 def test_fit_with_compile_is_the_eager_run_to_the_bit():
     runs = []
     for compile in (False, True):
