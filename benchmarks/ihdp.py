@@ -16,11 +16,13 @@ effects and dominate every mean):
   test rows' true ATE (and, for comparison, the interval from the posterior
   draws alone);
 - the coverage and mean width of 95% intervals of each test unit's true effect
-  mu1 - mu0, from the ensemble's pooled draws (``--ensemble M``: a deep ensemble
-  of M fits, ``fit(num_fits=M)``) and from one model's posterior;
+  mu1 - mu0 from a deep ensemble (``--ensemble M``: M fits, ``fit(num_fits=M)``)
+  combined by Rubin's rules (``effect_interval``'s default) and as the quantiles
+  of its pooled draws (``method="mixture"``), and from one model's posterior;
 - with ``--refute S``: the placebo and random-common-cause refutations
-  (:func:`pvae.causal.refute`, S refits each on the training rows): the new
-  effect and whether its interval covers what it should (0; the original);
+  (:func:`pvae.causal.refute`, S refits each on the training rows; ``--refuters``
+  picks them): the new effect and whether its interval covers what it should
+  (0; the original);
 - seconds per replication (training and prediction, one CPU thread).
 
 Methods:
@@ -124,8 +126,9 @@ def run_job(method: str, rep: int, seed: int, args: dict[str, Any]) -> dict[str,
         out.update(ate_lower=float(est.lower), ate_upper=float(est.upper),
                    covered=bool(est.lower <= truth <= est.upper),
                    covered_posterior=bool(q[0] <= truth <= q[1]))
-        # 95% intervals of each test unit's true effect mu1 - mu0: the ensemble's and one model's posterior
-        for tag, method_ in (("ens", "ensemble"), ("post", "posterior")):
+        # 95% intervals of each test unit's true effect mu1 - mu0: the ensemble's (Rubin's rules, and
+        # the quantiles of the pooled draws) and one model's posterior
+        for tag, method_ in (("ens", "ensemble"), ("mix", "mixture"), ("post", "posterior")):
             unit = model.effect_inference(test.x, method=method_)
             inside = (unit.lower <= test.true_ite) & (test.true_ite <= unit.upper)
             out[f"ite_cover_{tag}"] = float(inside.float().mean())
@@ -138,11 +141,13 @@ def run_job(method: str, rep: int, seed: int, args: dict[str, Any]) -> dict[str,
                 m.fit(x, t, y, num_epochs=args["epochs"], seed=seed, **fit_options)
                 return m.ate(x)
 
-            base = None  # the refits' own configuration on the training rows: one more fit, like with like
-            for name in ("placebo", "random_common_cause"):
+            # placebo: expected 0 whatever the original, so the fitted model's own ATE is reported beside it;
+            # random common cause: the refits' own configuration on the training rows (one more fit, like
+            # with like), since the new estimates are compared with it
+            for name in args["refuters"]:
+                original = model.ate(train.x) if name == "placebo" else None
                 res = refute(refit, train.x, train.t, train.y, name, num_simulations=args["refute"],
-                             original=base, seed=seed)
-                base = res.original
+                             original=original, seed=seed)
                 out[f"{name}_effect"], out[f"{name}_p"] = res.new_effect, res.p_value
                 out[f"{name}_covers"] = bool(res.lower <= res.expected <= res.upper)
     elif method == "pyro":
@@ -227,13 +232,16 @@ def report(results: list[dict[str, Any]], methods: list[str], reps: list[int], s
         per_run = ", ".join(f"{x['ite_cover_ens']:.2f}" for x in runs)
         lines.append(f"{ours} 95% individual-effect intervals cover mu1 - mu0 of "
                      f"{statistics.fmean(x['ite_cover_ens'] for x in runs):.3f} of test units (mean width "
-                     f"{statistics.fmean(x['ite_width_ens'] for x in runs):.2f}) with the ensemble's draws, "
+                     f"{statistics.fmean(x['ite_width_ens'] for x in runs):.2f}) with the ensemble (Rubin's rules), "
+                     f"{statistics.fmean(x['ite_cover_mix'] for x in runs):.3f} (width "
+                     f"{statistics.fmean(x['ite_width_mix'] for x in runs):.2f}) with the ensemble's pooled draws, "
                      f"{statistics.fmean(x['ite_cover_post'] for x in runs):.3f} (width "
                      f"{statistics.fmean(x['ite_width_post'] for x in runs):.2f}) with one model's posterior; "
                      f"per run: {per_run}")
         if "placebo_effect" in runs[0]:
             lines.append(f"{ours} placebo: new effect " + ", ".join(f"{x['placebo_effect']:.3f}" for x in runs)
                          + f"; interval covers 0 in {sum(x['placebo_covers'] for x in runs)}/{n}")
+        if "random_common_cause_effect" in runs[0]:
             lines.append(f"{ours} random common cause: new effect " + ", ".join(
                 f"{x['random_common_cause_effect']:.3f}" for x in runs)
                 + f"; interval covers the original in {sum(x['random_common_cause_covers'] for x in runs)}/{n}")
@@ -272,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refute", type=int, default=0,
                         help="pvae CEVAE: placebo and random-common-cause refutations with this many refits each "
                              "(each a full fit; default 0: none)")
+    parser.add_argument("--refuters", default="placebo,random_common_cause",
+                        help="with --refute: comma-separated refuters (default placebo,random_common_cause)")
     parser.add_argument("--json", help="also write every job's scores to this file")
     args = parser.parse_args(argv)
     reps, methods = _parse_reps(args.replications), args.methods.split(",")
@@ -281,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.data).is_dir():
         parser.error(f"IHDP folder not found: {args.data}. Try --data ../shared/data/ihdp")
     shared = {"data": args.data, "epochs": args.epochs, "pyro_epochs": args.pyro_epochs, "ensemble": args.ensemble,
-              "refute": args.refute,
+              "refute": args.refute, "refuters": args.refuters.split(","),
               "pvae_options": {"outcome_weight": args.outcome_weight, **json.loads(args.pvae_options)}}
     # the slowest jobs first, so that the pool ends together
     order = {"pyro": 0, "pvae-x": 1, "pvae": 2, "tlearner": 3}

@@ -111,6 +111,8 @@ References
 5. J. L. Hill. Bayesian Nonparametric Modeling for Causal Inference. 2011.
 6. B. Lakshminarayanan, A. Pritzel, C. Blundell. Simple and Scalable Predictive
    Uncertainty Estimation using Deep Ensembles. NeurIPS 2017.
+7. D. B. Rubin. Multiple Imputation for Nonresponse in Surveys. Wiley, 1987
+   (the combining rules and their degrees of freedom, ch. 3).
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
 from .queries import _PARTICLES, EffectEstimate
+
+EffectIntervalMethod = Literal["ensemble", "mixture", "posterior"]
+EFFECT_INTERVAL_METHODS: tuple[str, ...] = ("ensemble", "mixture", "posterior")
 
 __all__ = ["CEVAE", "CEVAEObjective", "OutcomeDist", "PRESETS"]
 
@@ -1010,30 +1015,56 @@ class CEVAE(PyroModule):
 
     def effect_inference(self, x: Any, alpha: float = 0.05, num_samples: int | None = None,
                          batch_size: int | None = None,
-                         method: Literal["ensemble", "posterior"] = "ensemble") -> EffectEstimate:
-        """Per-unit effects with equal-tailed intervals, as an :class:`EffectEstimate`.
+                         method: EffectIntervalMethod = "ensemble") -> EffectEstimate:
+        """Per-unit effects with intervals, as an :class:`EffectEstimate`.
 
-        ``method="posterior"``: the spread of the posterior over each unit's latent
-        confounder under this model's fitted networks; it does not include the
-        networks' estimation error. ``method="ensemble"`` (default): the quantiles of
-        the pooled draws of every member of a deep ensemble (``fit(num_fits=M)``),
-        :math:`\\{\\tau^{(m, s)}(x)\\}_{m \\le M, s \\le S}`, a mixture over fits, so the
-        spread between fits (initialisation, data order, validation split) is in the
-        interval; with one fit it is the posterior interval.
+        ``method="posterior"``: the equal-tailed interval of the posterior over each
+        unit's latent confounder under this model's fitted networks; it does not
+        include the networks' estimation error.
+
+        ``method="ensemble"`` (default) combines the members of a deep ensemble
+        (``fit(num_fits=M)``, [6]) by Rubin's rules [7], treating the M fits as
+        draws from the distribution of fitted networks (initialisation, data order,
+        validation split). With :math:`\\bar\\tau_m(x)` and :math:`W_m(x)` the mean
+        and variance of member m's posterior draws,
+
+        .. math::
+
+            \\hat\\tau = \\frac1M \\sum_m \\bar\\tau_m, \\quad
+            W = \\frac1M \\sum_m W_m, \\quad
+            B = \\frac{1}{M-1} \\sum_m (\\bar\\tau_m - \\hat\\tau)^2, \\quad
+            T = W + \\Big(1 + \\frac1M\\Big) B,
+
+            \\hat\\tau \\pm t_{\\nu, 1-\\alpha/2} \\sqrt{T}, \\qquad
+            \\nu = (M - 1) \\Big(1 + \\frac{W}{(1 + 1/M) B}\\Big)^2 .
+
+        The :math:`1 + 1/M` and the t quantile account for estimating the spread
+        between fits from only M of them (with M = 3 and fits that disagree,
+        :math:`t_{\\nu}` approaches :math:`t_2 = 4.30`). With one fit it is the
+        posterior interval.
+
+        ``method="mixture"``: the equal-tailed interval of the members' pooled
+        draws, :math:`\\{\\tau^{(m, s)}(x)\\}_{m \\le M, s \\le S}`: the mixture's spread,
+        narrower than Rubin's for small M (on IHDP, 10 replications x 2 seeds, M = 3,
+        it covered 0.835 of the test units' true effects against a nominal 0.95).
         """
         self._require_fitted()
         _check_alpha(alpha)
-        if method not in ("ensemble", "posterior"):
-            raise ValueError(f"method must be 'ensemble' or 'posterior', got {method!r}.")
-        draws = self._outcome_draws(x, num_samples, batch_size, ensemble=method == "ensemble")
+        if method not in EFFECT_INTERVAL_METHODS:
+            raise ValueError(f"method must be one of {list(EFFECT_INTERVAL_METHODS)}, got {method!r}.")
+        draws = self._outcome_draws(x, num_samples, batch_size, ensemble=method != "posterior")
         effect = draws[1] - draws[0]
-        q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=effect.dtype)
-        lower, upper = torch.quantile(effect, q, dim=0)
+        num_fits = 1 + len(self.members) if method == "ensemble" else 1
+        if num_fits == 1:
+            q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=effect.dtype)
+            lower, upper = torch.quantile(effect, q, dim=0)
+        else:
+            lower, upper = _rubin_interval(effect.reshape(num_fits, -1, effect.shape[-1]), alpha)
         return EffectEstimate(effect.mean(0), lower, upper, float(alpha), effect.shape[0], effect)
 
     def effect_interval(self, x: Any, alpha: float = 0.05, num_samples: int | None = None,
                         batch_size: int | None = None,
-                        method: Literal["ensemble", "posterior"] = "ensemble") -> tuple[torch.Tensor, torch.Tensor]:
+                        method: EffectIntervalMethod = "ensemble") -> tuple[torch.Tensor, torch.Tensor]:
         """``(lower, upper)`` per unit, each ``(n,)``: see :meth:`effect_inference`."""
         est = self.effect_inference(x, alpha, num_samples, batch_size, method)
         return est.lower, est.upper
@@ -1137,6 +1168,24 @@ def _check_finite(v: torch.Tensor, name: str) -> None:
 def _check_alpha(alpha: float) -> None:
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}. Try alpha=0.05 for 95% intervals.")
+
+
+def _rubin_interval(effect: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rubin's-rules interval from ``(M, S, n)`` draws of M fits (see ``CEVAE.effect_inference``)."""
+    from scipy import stats
+
+    num_fits = effect.shape[0]
+    means = effect.mean(1)  # (M, n)
+    within = effect.var(1).mean(0) if effect.shape[1] > 1 else effect.new_zeros(effect.shape[-1])  # W, (n,)
+    between = (1 + 1 / num_fits) * means.var(0)  # (1 + 1/M) B, (n,)
+    total = within + between
+    # nu = (M - 1)(1 + W / ((1 + 1/M) B))^2, infinite (a normal quantile) when the fits agree
+    ratio = torch.where(between > 0, within / between.clamp_min(torch.finfo(effect.dtype).tiny), torch.inf)
+    nu = (num_fits - 1) * (1 + ratio) ** 2
+    quantile = torch.as_tensor(stats.t.ppf(1 - alpha / 2, nu.double().numpy()), dtype=effect.dtype)
+    half = quantile * total.sqrt()
+    center = means.mean(0)
+    return center - half, center + half
 
 
 def _normal_quantile(p: float) -> float:
