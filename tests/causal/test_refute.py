@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 import pvae
-from pvae.causal import CEVAE, RefutationResult, ate, refute
+from pvae.causal import CEVAE, RefutationResult, SiteError, ate, refute
 
 
 class Adjusted(PyroModule):
@@ -103,3 +103,19 @@ def test_refute_rejects_bad_options_with_clear_errors():
         refute(lambda x, t, y: "big", x, t, y)
     with pytest.raises(TypeError, match="callable"):
         refute(3.0, x, t, y)
+
+
+def test_a_refuter_on_a_program_without_the_named_treatment_site_says_so():
+    """The estimator's query names the missing site and the program's sites; refute stops
+    at the first fit (the original), before any refit."""
+    x, t, y = _data(40)
+    calls = []
+
+    def dose_ate(x, t, y):
+        calls.append(1)
+        program = Adjusted(x.shape[1])
+        return ate(program, x, treatment="dose", num_samples=1).mean
+
+    with pytest.raises(SiteError, match=r"treatment site 'dose' .* sample sites are \['t', 'y'\]"):
+        refute(dose_ate, x, t, y, "placebo", num_simulations=3)
+    assert len(calls) == 1
