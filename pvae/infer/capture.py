@@ -341,8 +341,14 @@ class CapturedStep(TrainStep):
 # saved per step); compile="auto" captures runs of at least this many steps.
 AUTO_COMPILE_MIN_STEPS = 1000
 # ... and keeps the graph only if its replay beats the eager step, timed over this many
-# steps of each (it does not always: IWAE K=5 on MNIST-8k replays at 1.1x eager)
+# steps of each (it does not always: IWAE K=5 on MNIST-8k replayed at 1.1x eager once)
 AUTO_COMPILE_MEASURE = 10
+# Runs of at least this many steps are also compiled by inductor: its first compile
+# (3-30 s on 2 CPU cores, 4-75 s on an H200) pays after 1,400-14,600 steps on the CPU
+# (train_speed.py, iwae_speed.py: 0.60-0.83x the hand loop against the graph's
+# 0.79-1.04x) and 1,500 steps on an H200 once inductor is loaded (gpu_speed.py: 0.16x
+# against the graph's 0.47x; 27,000 steps when the process compiles for the first time)
+AUTO_INDUCTOR_MIN_STEPS = 20_000
 COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
 
 
@@ -366,7 +372,8 @@ def make_train_step(
 
     :param compile: ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"``
         (:class:`CapturedStep`), or ``"auto"``: captured if ``num_steps`` is at
-        least ``AUTO_COMPILE_MIN_STEPS`` and kept only if its replay is faster
+        least ``AUTO_COMPILE_MIN_STEPS``, also compiled by inductor if it is at
+        least ``AUTO_INDUCTOR_MIN_STEPS``, and kept only if its replay is faster
         than eager over ``AUTO_COMPILE_MEASURE`` steps of each.
     :param int num_steps: the run's expected number of steps (None: unknown,
         so ``"auto"`` stays eager).
@@ -377,7 +384,9 @@ def make_train_step(
     check_compile(compile)
     measure = 0
     if compile == "auto":
-        compile = "graph" if num_steps is not None and num_steps >= AUTO_COMPILE_MIN_STEPS else False
+        steps = -1 if num_steps is None else num_steps
+        compile = ("inductor" if steps >= AUTO_INDUCTOR_MIN_STEPS else "graph" if steps >= AUTO_COMPILE_MIN_STEPS
+                   else False)
         measure = AUTO_COMPILE_MEASURE
     if compile is False:
         return TrainStep(program, objective, params, kwargs, data_size)

@@ -418,8 +418,9 @@ def fit(
         ``"graph"`` replays make_fx's graph (the same numbers as eager, to the
         bit, under the same seed), ``"inductor"`` compiles it with
         ``torch.compile`` (float-close to eager; the first compile takes tens of
-        seconds), ``"auto"`` captures runs of at least
-        ``pvae.infer.capture.AUTO_COMPILE_MIN_STEPS`` (1000) steps and keeps the graph only if,
+        seconds; on CUDA it runs as a CUDA graph), ``"auto"`` captures runs of at least
+        ``pvae.infer.capture.AUTO_COMPILE_MIN_STEPS`` (1000) steps, compiles runs of at least
+        ``AUTO_INDUCTOR_MIN_STEPS`` (20,000) with inductor, and keeps the graph only if,
         timed over its first 10 replays against 10 eager steps, it is faster. The graph is checked against an
         eager step at the first step and every 100 after, and re-captured if the
         program changed; a program that cannot be captured trains eagerly with

@@ -347,10 +347,13 @@ def test_auto_compiles_only_long_runs(monkeypatch):
     from pvae.infer import capture, train
 
     monkeypatch.setattr(capture, "AUTO_COMPILE_MIN_STEPS", 10)
+    monkeypatch.setattr(capture, "AUTO_INDUCTOR_MIN_STEPS", 20)
     x = _digits()[:128]
     short = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 4)  # 8 steps
     long = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 5)  # 10 steps
+    longer = train._train_step("auto", _vae(), ElboObjective(), [], (x,), None, 64, 10)  # 20 steps
     assert type(short) is TrainStep and isinstance(long, CapturedStep) and long.measure > 0
+    assert long.mode == "graph" and longer.mode == "inductor" and longer.measure > 0
 
 
 def test_label_conditioned_programs_capture():
