@@ -1045,8 +1045,11 @@ class CEVAE(PyroModule):
 
         ``method="mixture"``: the equal-tailed interval of the members' pooled
         draws, :math:`\\{\\tau^{(m, s)}(x)\\}_{m \\le M, s \\le S}`: the mixture's spread,
-        narrower than Rubin's for small M (on IHDP, 10 replications x 2 seeds, M = 3,
-        it covered 0.835 of the test units' true effects against a nominal 0.95).
+        narrower than Rubin's for small M. On IHDP (10 replications x 2 seeds, M = 3,
+        ``benchmarks/ihdp.py --ensemble 3``) 95% intervals covered 0.881 of the test
+        units' true effects with Rubin's rules (mean width 1.97), 0.836 with the
+        mixture (1.58) and 0.746 with one posterior (1.33); where the fits share a
+        bias no spread between them shows it.
         """
         self._require_fitted()
         _check_alpha(alpha)
