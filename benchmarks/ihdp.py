@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ensemble", type=int, default=1,
                         help="pvae CEVAE: fit a deep ensemble of this many models (fit(num_fits=...); default 1)")
     parser.add_argument("--refute", type=int, default=0,
-                        help="pvae CEVAE: placebo and random-common-cause refutations with this many refits each "
+                        help="pvae CEVAE: the --refuters' refutations with this many refits each "
                              "(each a full fit; default 0: none)")
     parser.add_argument("--refuters", default="placebo,random_common_cause",
                         help="with --refute: comma-separated refuters (default placebo,random_common_cause)")

@@ -122,7 +122,7 @@ import copy
 import logging
 import math
 import os
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 import pyro
@@ -144,7 +144,7 @@ from ..models.nets import Activation, NormalHead, mlp, positive
 from .queries import _PARTICLES, EffectEstimate
 
 EffectIntervalMethod = Literal["ensemble", "mixture", "posterior"]
-EFFECT_INTERVAL_METHODS: tuple[str, ...] = ("ensemble", "mixture", "posterior")
+EFFECT_INTERVAL_METHODS: tuple[str, ...] = get_args(EffectIntervalMethod)
 
 __all__ = ["CEVAE", "CEVAEObjective", "OutcomeDist", "PRESETS"]
 

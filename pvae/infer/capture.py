@@ -267,10 +267,11 @@ class CapturedStep(TrainStep):
             return
         if self.mode == "inductor":
             graph = _compile(graph, batch[0].device)
-            with _fork_rng(batch), torch.no_grad():
-                graph(weight, *batch)  # compile now (as it will run), so that the time printed includes it
         self._graph, self._used, self._has_bound = graph, used, has_bound[0]
         self._signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
+        if self.mode == "inductor":
+            with _fork_rng(batch):
+                self._run_graph(batch, weight)  # compile now, as it will run, so that the time printed includes it
         self.capture_seconds += time.perf_counter() - tick
         self.captures += 1
         if self.verbose:
@@ -384,9 +385,10 @@ def make_train_step(
     check_compile(compile)
     measure = 0
     if compile == "auto":
-        steps = -1 if num_steps is None else num_steps
-        compile = ("inductor" if steps >= AUTO_INDUCTOR_MIN_STEPS else "graph" if steps >= AUTO_COMPILE_MIN_STEPS
-                   else False)
+        if num_steps is None or num_steps < AUTO_COMPILE_MIN_STEPS:
+            compile = False
+        else:
+            compile = "inductor" if num_steps >= AUTO_INDUCTOR_MIN_STEPS else "graph"
         measure = AUTO_COMPILE_MEASURE
     if compile is False:
         return TrainStep(program, objective, params, kwargs, data_size)
