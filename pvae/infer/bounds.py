@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pyro
 import torch
@@ -208,6 +208,17 @@ def _check_count(name: str, value: Any, allow_none: bool = False) -> None:
         )
 
 
+BoundCompile = bool | Literal["graph", "inductor"]
+BOUND_COMPILE_CHOICES: tuple[Any, ...] = (False, True, "graph", "inductor")
+
+
+def _capture_mode(compile: BoundCompile) -> str | None:
+    """The :class:`~pvae.infer.CapturedFunction` mode a ``compile=`` argument asks for (None: eager)."""
+    if not any(compile is c or (isinstance(c, str) and compile == c) for c in BOUND_COMPILE_CHOICES):
+        raise ValueError(f"compile must be one of {BOUND_COMPILE_CHOICES}, not {compile!r}.")
+    return None if compile is False else ("graph" if compile is True else compile)
+
+
 def _auto_chunk_size(slp: SiteLogProbs) -> int:
     """Particles per chunk that keep one pass within :data:`CHUNK_MEMORY_BYTES`.
 
@@ -234,7 +245,7 @@ def _stream_log_weights(
     chunk_size: int | None,
     data_plate: str | None,
     max_plate_nesting: int | None,
-    compile: bool = False,
+    compile: BoundCompile = False,
 ) -> _LogWeightStream:
     """Draw ``num_particles`` log-weights per datum in chunks, reduced on the fly.
 
@@ -243,6 +254,7 @@ def _stream_log_weights(
     """
     _check_count("num_particles", num_particles)
     _check_count("chunk_size", chunk_size, allow_none=True)
+    mode = _capture_mode(compile)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     stream = _LogWeightStream()
@@ -267,14 +279,14 @@ def _stream_log_weights(
                     size = _auto_chunk_size(slp)
                 if slp.log_weight.shape[0] < num_particles:
                     proposal = _frozen_guide(guide, args, kwargs) or guide
-                if compile and num_particles - slp.log_weight.shape[0] >= 2 * size:
-                    chunk = _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting)
+                if mode is not None and num_particles - slp.log_weight.shape[0] >= 2 * size:
+                    chunk = _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting, mode)
             stream.update(slp.log_weight)
             del slp  # free this chunk's traces (the decoder's output) before the next is drawn
     return stream
 
 
-def _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting):
+def _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting, mode):
     """One chunk's log-weights as a captured graph (:class:`~pvae.infer.CapturedFunction`)."""
     from .capture import CapturedFunction
 
@@ -284,7 +296,7 @@ def _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting
                                  max_plate_nesting=max_plate_nesting, **kwargs)
         return (slp.log_weight,)
 
-    return CapturedFunction(chunk, "iwae_bound(compile=True)")
+    return CapturedFunction(chunk, f"iwae_bound(compile={mode!r})", mode=mode)
 
 
 def _frozen_guide(guide: Callable, args: tuple, kwargs: dict) -> Callable | None:
@@ -329,7 +341,7 @@ def iwae_bound(
     chunk_size: int | None = None,
     data_plate: str | None = None,
     max_plate_nesting: int | None = None,
-    compile: bool = False,
+    compile: BoundCompile = False,
     **kwargs: Any,
 ) -> BoundEstimate:
     """Importance-weighted bound :math:`\\mathrm{IWAE}_K` per datum, with its error.
@@ -375,13 +387,17 @@ def iwae_bound(
     :param str data_plate: name of the data plate; found by itself when it is
         called ``"data"`` or is the only plate of every observed site.
     :param int max_plate_nesting: the program's plate depth; guessed if None.
-    :param bool compile: capture one chunk's computation as a graph
-        (:class:`~pvae.infer.CapturedFunction`) and replay it for the full chunks
-        after the first (same draws and values as eager; pays off for large K).
-        Default False.
+    :param compile: ``True`` or ``"graph"``: capture one chunk's computation as
+        a graph (:class:`~pvae.infer.CapturedFunction`) and replay it for the
+        full chunks after the first (same draws and values as eager; pays off
+        for large K). ``"inductor"``: the same graph compiled by
+        ``torch.compile`` (fused kernels: the likelihood's elementwise terms
+        and their sum run as one pass over the decoder's output; values
+        float-close to eager; the compile, seconds, runs in the second chunk,
+        so it pays off only for K in the thousands). Default False.
     :returns: :class:`BoundEstimate` with ``(batch,)`` value and stderr.
-    :raises ValueError: on a non-positive ``num_particles`` or ``chunk_size``, or
-        a program the seam rejects (a global latent).
+    :raises ValueError: on a non-positive ``num_particles`` or ``chunk_size``, an
+        unknown ``compile``, or a program the seam rejects (a global latent).
     """
     stream = _stream_log_weights(
         model, guide, args, kwargs, num_particles, chunk_size, data_plate, max_plate_nesting, compile
@@ -399,7 +415,7 @@ def log_evidence(
     elbo_particles: int | None = None,
     data_plate: str | None = None,
     max_plate_nesting: int | None = None,
-    compile: bool = False,
+    compile: BoundCompile = False,
     **kwargs: Any,
 ) -> EvidenceEstimate:
     """Log-evidence :math:`\\log \\hat p(x)`, ELBO and variational gap per datum.
@@ -425,7 +441,7 @@ def log_evidence(
         which makes the gap more precise); an integer draws K' fresh particles.
     :param str data_plate: name of the data plate (see :func:`iwae_bound`).
     :param int max_plate_nesting: the program's plate depth; guessed if None.
-    :param bool compile: as for :func:`iwae_bound`. Default False.
+    :param compile: as for :func:`iwae_bound`. Default False.
     :returns: :class:`EvidenceEstimate`.
     """
     _check_count("elbo_particles", elbo_particles, allow_none=True)

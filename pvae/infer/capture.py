@@ -455,11 +455,16 @@ class CapturedFunction:
     :param callable fn: the evaluation; it must return a tuple of tensors.
     :param str what: what it is, for the warning.
     :param callable warm_up: run once, eagerly, before the capture.
+    :param str mode: ``"graph"`` (replay the captured graph: the eager numbers
+        to the bit) or ``"inductor"`` (the graph compiled by ``torch.compile``;
+        fused kernels, float-close; the compile runs inside the first call).
     """
 
     def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], what: str,
-                 warm_up: Callable[[], None] | None = None) -> None:
-        self.fn, self.what, self.warm_up = fn, what, warm_up
+                 warm_up: Callable[[], None] | None = None, mode: CaptureMode = "graph") -> None:
+        if mode not in CAPTURE_MODES:
+            raise ValueError(f"mode must be one of {CAPTURE_MODES}, not {mode!r}")
+        self.fn, self.what, self.warm_up, self.mode = fn, what, warm_up, mode
         self.fallback: str | None = None
         self._graph: Callable[..., Any] | None = None
         self._signature: tuple | None = None
@@ -475,6 +480,8 @@ class CapturedFunction:
                     self._graph = trace_graph(lambda *a: tuple(self.fn(*a)), inputs, self.warm_up)
                 except _Uncapturable as err:
                     return self._eager(err.reason + (f" (at sample site {err.site!r})" if err.site else ""), inputs)
+            if self.mode == "inductor":
+                self._graph = _compile(self._graph, inputs[0].device if inputs else torch.device("cpu"))
             self._signature = signature
             with _fork_rng(inputs), torch.no_grad():
                 replayed = self._graph(*inputs)
