@@ -69,7 +69,8 @@ from .data.streaming import ArrayDataset  # noqa: E402
 from .inputs import as_data_args, as_data_tuple  # noqa: E402
 from .infer.capture import make_train_step  # noqa: E402
 from .infer.objectives import Objective, make_objective  # noqa: E402
-from .infer.train import CheckpointError, FitResult, _adam, _kl_schedule, _read_weights_only  # noqa: E402
+from .infer.engine import adam  # noqa: E402
+from .infer.train import CheckpointError, FitResult, _kl_schedule, _read_weights_only  # noqa: E402
 
 __all__ = ["DistributedTrainingError", "PvaeModule", "distributed_bounds", "fit_distributed", "load_checkpoint",
            "require_lightning", "step_seed"]
@@ -166,7 +167,7 @@ class PvaeModule(L.LightningModule):
 
     # -- set-up -------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return _adam(self._params(), self.learning_rate, self.weight_decay)  # pvae.fit's (fused) Adam
+        return adam(self._params(), self.learning_rate, self.weight_decay)  # pvae.fit's (fused) Adam
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in self.program.parameters() if p.requires_grad]

@@ -137,7 +137,7 @@ from torch import nn
 from ..inputs import DataError, as_data
 from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
 from ..infer.capture import check_compile, make_train_step
-from ..infer.engine import Callback, TrainState, minibatches, run
+from ..infer.engine import Callback, TrainState, adam, minibatches, run
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
@@ -893,7 +893,7 @@ class CEVAE(PyroModule):
         steps_per_epoch = math.ceil(n / batch_size)
         gamma = lr_decay ** (1.0 / (num_epochs * steps_per_epoch))
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        optimizer = adam(params, lr, weight_decay)
         objective = CEVAEObjective()
         self.training_history = []
         self.train()

@@ -38,7 +38,7 @@ import torch
 from .capture import TrainStep
 from .objectives import Objective, StepTerms
 
-__all__ = ["Callback", "TrainState", "minibatches", "restore", "run", "snapshot"]
+__all__ = ["Callback", "TrainState", "adam", "minibatches", "restore", "run", "snapshot"]
 
 
 @dataclass
@@ -117,6 +117,18 @@ class Callback:
 
     def on_fit_end(self, state: TrainState) -> None:
         """Once, after the last epoch."""
+
+
+def adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The engine's optimiser: Adam as one fused kernel over every parameter, the
+    cheapest Adam step torch has (on this CPU 1.0-1.3 ms a step for 0.7 M parameters
+    against 4.5 ms for the default multi-tensor one); multi-tensor where a device has
+    no fused kernel. The same algorithm either way; the last bits may differ."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def snapshot(program: Any, params: Sequence[torch.Tensor]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyro
@@ -36,7 +36,7 @@ from .callbacks import (
     Validation,
 )
 from .capture import CapturedFunction, CapturedStep, TrainStep, make_train_step
-from .engine import Callback, TrainState, minibatches, restore, run, snapshot
+from .engine import Callback, TrainState, adam, minibatches, restore, run, snapshot
 from .objectives import Objective, make_objective
 
 __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
@@ -492,7 +492,7 @@ def fit(
         objective(program.model, program.guide, first, {}, 1.0)  # Pyro's checks, once
     if not params:
         raise ValueError("the program has no trainable parameters: nothing to fit.")
-    optimizer = _adam(params, learning_rate, weight_decay)
+    optimizer = adam(params, learning_rate, weight_decay)
     train_step = _train_step(compile, program, objective, params, tensors, loader, batch_size, num_epochs)
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -533,12 +533,3 @@ def fit(
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
-
-
-def _adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    params = list(params)
-    try:
-        # one fused kernel for every parameter: the cheapest Adam step torch has
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
