@@ -42,8 +42,11 @@ Usage::
     python benchmarks/molecules_moses.py --train-size 3000 --minutes 0.5 --samples 500 --starts 20 --steps 20  # smoke
     # the MOSES VAE's decoder (3 x 512 GRU, latent 128) trained on a GPU, measured here:
     python benchmarks/molecules_moses.py --train-size 250000 --codes-cache codes --tokenize-only  # CPU, ~4 min
-    python benchmarks/molecules_moses.py --train-size 250000 --codes-cache codes --train-only --models models \
+    python benchmarks/molecules_moses.py --train-size 250000 --codes-cache codes --train-only --models models \\
         --device cuda --gru 512 512 512 --latent 128 --batch-size 512 --learning-rate 1e-3 --clip-norm 50 --minutes 6
+    python benchmarks/molecules_moses.py --train-size 250000 --codes-cache codes --train-only --models models2 \\
+        --init-models models --kinds selfies --device cuda --batch-size 512 --learning-rate 5e-4 --clip-norm 50 \\
+        --minutes 5                                          # a second leg for one model, from the first's weights
     python benchmarks/molecules_moses.py --train-size 250000 --codes-cache codes --evaluate-only --models models
 """
 
@@ -56,6 +59,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -102,15 +106,18 @@ def _molecules(args: argparse.Namespace) -> tuple[list[str], list[str], list[str
     return everything, subset, test
 
 
-def _codes(kind: str, subset: list[str], args: argparse.Namespace) -> tuple[MoleculeTokenizer, torch.Tensor]:
+def _codes(kind: str, subset: Callable[[], list[str]], args: argparse.Namespace
+           ) -> tuple[MoleculeTokenizer, torch.Tensor]:
     """The subset's tokenizer and codes; read from, or written to, ``--codes-cache`` when given
-    (SELFIES translation is pure Python: ~0.35 ms a molecule, twice)."""
+    (SELFIES translation is pure Python: ~0.35 ms a molecule, twice). ``subset`` is called
+    only when the codes are not cached."""
     path = args.codes_cache / f"{kind}-{args.train_size}.pt" if args.codes_cache else None
     if path is not None and path.exists():
         cached = torch.load(path, weights_only=True)
         return MoleculeTokenizer(**cached["tokenizer"]), cached["codes"].long()
-    tokens = MoleculeTokenizer.fit(subset, kind=kind)
-    codes = tokens.encode(subset)
+    molecules = subset()
+    tokens = MoleculeTokenizer.fit(molecules, kind=kind)
+    codes = tokens.encode(molecules)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"tokenizer": tokens.to_dict(), "codes": codes.to(torch.uint8)}, path)
@@ -125,18 +132,26 @@ def _make_vae(tokens: MoleculeTokenizer, latent: int, gru: list[int], beta: floa
 def train_coding(kind: str, args: argparse.Namespace, subset: list[str] | None = None) -> tuple[SequenceVAE, dict]:
     """One coding's model, trained for ``--minutes`` on ``--device``; saved to ``--models`` when given."""
     torch.set_num_threads(1)
-    tokens, codes = _codes(kind, _molecules(args)[1] if subset is None else subset, args)
+    tokens, codes = _codes(kind, (lambda: _molecules(args)[1]) if subset is None else (lambda: subset), args)
     torch.manual_seed(0)
-    vae = _make_vae(tokens, args.latent, args.gru, args.beta)
+    if args.init_models:  # a second leg: the saved model's weights, a fresh Adam, no KL warm-up
+        vae, before = _saved_coding(kind, args.init_models)
+        legs = before.get("legs", [before])
+    else:
+        vae, legs = _make_vae(tokens, args.latent, args.gru, args.beta), []
     start = time.perf_counter()
     fitted = pvae.fit(vae, codes, num_epochs=1000, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      kl_warmup=1, seed=0, callbacks=[TimeBudget(args.minutes * 60)], diagnostics_every=None,
-                      progress=False, clip_norm=args.clip_norm, device=args.device)
+                      kl_warmup=None if args.init_models else 1, seed=len(legs),
+                      callbacks=[TimeBudget(args.minutes * 60)], diagnostics_every=None, progress=False,
+                      clip_norm=args.clip_norm, device=args.device)
     last = fitted.history[-1]
-    record = {"kind": kind, "vocab": tokens.vocab_size, "length": tokens.length, "epochs": len(fitted.history),
-              "train_seconds": time.perf_counter() - start, "elbo": last["elbo"], "kl": last["kl"],
-              "device": str(args.device), "train_size": args.train_size, "batch_size": args.batch_size,
-              "learning_rate": args.learning_rate, "clip_norm": args.clip_norm, "latent": args.latent, "gru": list(args.gru), "beta": args.beta}
+    leg = {"epochs": len(fitted.history), "train_seconds": time.perf_counter() - start, "device": str(args.device),
+           "batch_size": args.batch_size, "learning_rate": args.learning_rate, "clip_norm": args.clip_norm}
+    legs = [{k: old[k] for k in leg} for old in legs] + [leg]
+    record = {"kind": kind, "vocab": tokens.vocab_size, "length": tokens.length, "train_size": args.train_size,
+              "latent": vae.latent_dim, "gru": [vae.decoder.hidden_size] * vae.decoder.num_layers, "beta": vae.beta,
+              "elbo": last["elbo"], "kl": last["kl"], "legs": legs,
+              **{key: sum(old[key] for old in legs) for key in ("epochs", "train_seconds")}}
     vae.cpu()
     if args.models:
         _save(vae.state_dict(), {"tokenizer": tokens.to_dict(), "record": record}, args.models, kind)
@@ -164,13 +179,13 @@ def _save(state: dict[str, torch.Tensor], meta: dict, folder: Path, kind: str) -
     torch.save({**meta, "parts": len(parts)}, folder / f"{kind}.pt")
 
 
-def _saved_coding(kind: str, args: argparse.Namespace) -> tuple[SequenceVAE, dict]:
-    saved = torch.load(args.models / f"{kind}.pt", weights_only=True)
+def _saved_coding(kind: str, folder: Path) -> tuple[SequenceVAE, dict]:
+    saved = torch.load(folder / f"{kind}.pt", weights_only=True)
     record = saved["record"]
     vae = _make_vae(MoleculeTokenizer(**saved["tokenizer"]), record["latent"], record["gru"], record["beta"])
     state = {}
     for i in range(saved["parts"]):
-        state.update(torch.load(args.models / f"{kind}.part{i}.pt", weights_only=True))
+        state.update(torch.load(folder / f"{kind}.part{i}.pt", weights_only=True))
     vae.load_state_dict(state)
     return vae, dict(record)
 
@@ -187,8 +202,8 @@ def run_coding(kind: str, args: argparse.Namespace) -> dict:
     everything, subset, test = _molecules(args)
     train_set = set(everything)
     filters = load_filters(args.data_dir / "mcf.csv", args.data_dir / "wehi_pains.csv")
-    tokens, codes = _codes(kind, subset, args)
-    vae, out = _saved_coding(kind, args) if args.evaluate_only else train_coding(kind, args, subset)
+    tokens, codes = _codes(kind, lambda: subset, args)
+    vae, out = _saved_coding(kind, args.models) if args.evaluate_only else train_coding(kind, args, subset)
     if vae.length != tokens.length or vae.alphabet_size != tokens.vocab_size:
         raise SystemExit(f"{kind}: the saved model does not fit the codes of --train-size {args.train_size}")
     latent = vae.latent_dim
@@ -295,6 +310,8 @@ def main() -> None:
     parser.add_argument("--clip-norm", type=float, default=None, help="clip the gradient norm (MOSES's VAE: 50)")
     parser.add_argument("--codes-cache", type=Path, default=None, help="tokenised subsets are kept here")
     parser.add_argument("--models", type=Path, default=None, help="trained models are saved here")
+    parser.add_argument("--init-models", type=Path, default=None,
+                        help="train on from the models saved here (their sizes; a fresh Adam, no KL warm-up)")
     stage = parser.add_mutually_exclusive_group()
     stage.add_argument("--tokenize-only", action="store_true", help="fill --codes-cache, nothing else")
     stage.add_argument("--train-only", action="store_true", help="train and save to --models, nothing else")
@@ -307,7 +324,7 @@ def main() -> None:
             parser.error("--tokenize-only needs --codes-cache")
         subset = _molecules(args)[1]
         for kind in args.kinds:
-            _codes(kind, subset, args)
+            _codes(kind, lambda: subset, args)
         return
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=len(args.kinds), mp_context=get_context("spawn")) as pool:
