@@ -214,7 +214,7 @@ BOUND_COMPILE_CHOICES: tuple[Any, ...] = (False, True, "graph", "inductor")
 
 def _capture_mode(compile: BoundCompile) -> str | None:
     """The :class:`~pvae.infer.CapturedFunction` mode a ``compile=`` argument asks for (None: eager)."""
-    if not any(compile is c or (isinstance(c, str) and compile == c) for c in BOUND_COMPILE_CHOICES):
+    if not (isinstance(compile, bool) or (isinstance(compile, str) and compile in BOUND_COMPILE_CHOICES)):
         raise ValueError(f"compile must be one of {BOUND_COMPILE_CHOICES}, not {compile!r}.")
     return None if compile is False else ("graph" if compile is True else compile)
 

@@ -463,7 +463,7 @@ class CapturedFunction:
     def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], what: str,
                  warm_up: Callable[[], None] | None = None, mode: CaptureMode = "graph") -> None:
         if mode not in CAPTURE_MODES:
-            raise ValueError(f"mode must be one of {CAPTURE_MODES}, not {mode!r}")
+            raise ValueError(f"mode must be one of {CAPTURE_MODES}, not {mode!r}.")
         self.fn, self.what, self.warm_up, self.mode = fn, what, warm_up, mode
         self.fallback: str | None = None
         self._graph: Callable[..., Any] | None = None

@@ -296,8 +296,8 @@ def test_inductor_bound_gives_the_eager_estimate_to_float_tolerance():
     """compile='inductor' compiles the captured chunk: fused kernels round
     differently (about 1e-6 relative), the draws are the same (inductor draws from
     torch's generator, ``fallback_random``), so per-datum values agree to 1e-4 nats;
-    an unknown compile value is refused before anything runs."""
-    from pvae.infer import iwae_bound
+    an unknown compile value (or capture mode) is refused before anything runs."""
+    from pvae.infer import CapturedFunction, iwae_bound
 
     vae, x = _vae(), _digits()[:50]
     values = []
@@ -308,6 +308,8 @@ def test_inductor_bound_gives_the_eager_estimate_to_float_tolerance():
     assert not torch.equal(values[0], iwae_bound(vae, x, num_particles=20, chunk_size=4).value)  # not a constant
     with pytest.raises(ValueError, match="compile must be one of"):
         iwae_bound(vae, x, num_particles=20, compile="fast")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        CapturedFunction(lambda a: (a,), "a test evaluation", mode="fast")
 
 
 def test_captured_function_falls_back_on_value_reads():
