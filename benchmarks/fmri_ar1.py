@@ -77,15 +77,27 @@ def main() -> None:
           f"lr {args.lr}; seeds {args.seeds}", flush=True)
     print("\n| rho | likelihood | held-out IWAE / run | R^2 (one-hot factors) | accuracy | MIG | learned rho |")
     print("|---|---|---|---|---|---|---|")
+    paired = []
     for rho in args.rhos:
+        by_likelihood = {}
         for likelihood in ("normal", "ar1_normal"):
-            rows = [run(rho, likelihood, seed, args) for seed in args.seeds]
+            rows = by_likelihood[likelihood] = [run(rho, likelihood, seed, args) for seed in args.seeds]
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             sd = {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in rows[0]}
             learned = "-" if likelihood == "normal" else f"{mean['rho']:.3f} +- {sd['rho']:.3f}"
             print(f"| {rho} | {likelihood} | {mean['iwae']:.1f} +- {sd['iwae']:.1f} | {mean['r2']:.3f} +- {sd['r2']:.3f} "
                   f"| {mean['accuracy']:.3f} +- {sd['accuracy']:.3f} | {mean['mig']:.3f} +- {sd['mig']:.3f} | {learned} |",
                   flush=True)
+        paired.append((rho, by_likelihood))
+    # both likelihoods see the same simulated data under a seed: their differences are paired
+    print("\nar1_normal - normal, per seed (same data), mean +- standard error over seeds:")
+    for rho, rows in paired:
+        cells = []
+        for key in ("iwae", "r2", "accuracy", "mig"):
+            diff = np.array([a[key] - n[key] for a, n in zip(rows["ar1_normal"], rows["normal"])])
+            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            cells.append(f"{key} {' '.join(f'{d:+.3f}' for d in diff)} ({diff.mean():+.3f} +- {se:.3f})")
+        print(f"  rho {rho}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":
