@@ -129,10 +129,9 @@ def _make_vae(tokens: MoleculeTokenizer, latent: int, gru: list[int], beta: floa
                        decoder="gru", decoder_hidden_dims=tuple(gru), beta=beta)
 
 
-def train_coding(kind: str, args: argparse.Namespace, subset: list[str] | None = None) -> tuple[SequenceVAE, dict]:
+def train_coding(kind: str, args: argparse.Namespace, tokens: MoleculeTokenizer, codes: torch.Tensor
+                 ) -> tuple[SequenceVAE, dict]:
     """One coding's model, trained for ``--minutes`` on ``--device``; saved to ``--models`` when given."""
-    torch.set_num_threads(1)
-    tokens, codes = _codes(kind, (lambda: _molecules(args)[1]) if subset is None else (lambda: subset), args)
     torch.manual_seed(0)
     if args.init_models:  # a second leg: the saved model's weights, a fresh Adam, no KL warm-up
         vae, before = _saved_coding(kind, args.init_models)
@@ -191,7 +190,9 @@ def _saved_coding(kind: str, folder: Path) -> tuple[SequenceVAE, dict]:
 
 
 def train_only(kind: str, args: argparse.Namespace) -> dict:
-    return train_coding(kind, args)[1]
+    torch.set_num_threads(1)
+    tokens, codes = _codes(kind, lambda: _molecules(args)[1], args)
+    return train_coding(kind, args, tokens, codes)[1]
 
 
 def run_coding(kind: str, args: argparse.Namespace) -> dict:
@@ -203,7 +204,7 @@ def run_coding(kind: str, args: argparse.Namespace) -> dict:
     train_set = set(everything)
     filters = load_filters(args.data_dir / "mcf.csv", args.data_dir / "wehi_pains.csv")
     tokens, codes = _codes(kind, lambda: subset, args)
-    vae, out = _saved_coding(kind, args.models) if args.evaluate_only else train_coding(kind, args, subset)
+    vae, out = _saved_coding(kind, args.models) if args.evaluate_only else train_coding(kind, args, tokens, codes)
     if vae.length != tokens.length or vae.alphabet_size != tokens.vocab_size:
         raise SystemExit(f"{kind}: the saved model does not fit the codes of --train-size {args.train_size}")
     latent = vae.latent_dim

@@ -44,6 +44,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..models.base import program_verb
 
+from .capture import CapturedFunction, check_compile
 from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
 
 __all__ = ["CHUNK_MEMORY_BYTES", "BoundEstimate", "EvidenceEstimate", "iwae_bound", "log_evidence"]
@@ -212,13 +213,6 @@ BoundCompile = bool | Literal["graph", "inductor"]
 BOUND_COMPILE_CHOICES: tuple[Any, ...] = (False, True, "graph", "inductor")
 
 
-def _capture_mode(compile: BoundCompile) -> str | None:
-    """The :class:`~pvae.infer.CapturedFunction` mode a ``compile=`` argument asks for (None: eager)."""
-    if not (isinstance(compile, bool) or (isinstance(compile, str) and compile in BOUND_COMPILE_CHOICES)):
-        raise ValueError(f"compile must be one of {BOUND_COMPILE_CHOICES}, not {compile!r}.")
-    return None if compile is False else ("graph" if compile is True else compile)
-
-
 def _auto_chunk_size(slp: SiteLogProbs) -> int:
     """Particles per chunk that keep one pass within :data:`CHUNK_MEMORY_BYTES`.
 
@@ -254,7 +248,8 @@ def _stream_log_weights(
     """
     _check_count("num_particles", num_particles)
     _check_count("chunk_size", chunk_size, allow_none=True)
-    mode = _capture_mode(compile)
+    check_compile(compile, BOUND_COMPILE_CHOICES)
+    mode = compile if isinstance(compile, str) else ("graph" if compile else None)  # a CapturedFunction mode
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     stream = _LogWeightStream()
@@ -288,8 +283,6 @@ def _stream_log_weights(
 
 def _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting, mode):
     """One chunk's log-weights as a captured graph (:class:`~pvae.infer.CapturedFunction`)."""
-    from .capture import CapturedFunction
-
     def chunk(*args: torch.Tensor) -> tuple[torch.Tensor]:
         with pyro.validation_enabled(False):
             slp = site_log_probs(model, proposal, *args, num_particles=size, data_plate=data_plate,

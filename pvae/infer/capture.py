@@ -177,8 +177,7 @@ class CapturedStep(TrainStep):
         data_size: int | None = None,
     ) -> None:
         super().__init__(program, objective, params, kwargs, data_size)
-        if mode not in CAPTURE_MODES:
-            raise ValueError(f"mode must be one of {list(CAPTURE_MODES)}, got {mode!r}.")
+        _check_mode(mode)
         if int(check_every) != check_every or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}.")
         self.mode, self.check_every, self.verbose, self.measure = mode, int(check_every), verbose, int(measure)
@@ -353,10 +352,16 @@ AUTO_INDUCTOR_MIN_STEPS = 20_000
 COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
 
 
-def check_compile(compile: Any) -> None:
-    """:raises ValueError: unless ``compile`` is one of :data:`COMPILE_CHOICES` (``1`` is not ``True``)."""
-    if compile not in COMPILE_CHOICES or isinstance(compile, int) and not isinstance(compile, bool):
-        raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}.")
+def check_compile(compile: Any, choices: tuple[Any, ...] = COMPILE_CHOICES) -> None:
+    """:raises ValueError: unless ``compile`` is one of ``choices`` (default
+    :data:`COMPILE_CHOICES`; ``1`` is not ``True``)."""
+    if compile not in choices or isinstance(compile, int) and not isinstance(compile, bool):
+        raise ValueError(f"compile must be one of {list(choices)}, got {compile!r}.")
+
+
+def _check_mode(mode: Any) -> None:
+    if mode not in CAPTURE_MODES:
+        raise ValueError(f"mode must be one of {list(CAPTURE_MODES)}, got {mode!r}.")
 
 
 def make_train_step(
@@ -462,8 +467,7 @@ class CapturedFunction:
 
     def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], what: str,
                  warm_up: Callable[[], None] | None = None, mode: CaptureMode = "graph") -> None:
-        if mode not in CAPTURE_MODES:
-            raise ValueError(f"mode must be one of {CAPTURE_MODES}, not {mode!r}.")
+        _check_mode(mode)
         self.fn, self.what, self.warm_up, self.mode = fn, what, warm_up, mode
         self.fallback: str | None = None
         self._graph: Callable[..., Any] | None = None
