@@ -136,7 +136,7 @@ from torch import nn
 
 from ..inputs import DataError, as_data
 from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
-from ..infer.capture import check_compile, make_train_step
+from ..infer.capture import check_compile, is_capturing, make_train_step
 from ..infer.engine import Callback, TrainState, adam, minibatches, run
 from ..infer.objectives import ElboObjective, Objective, StepTerms
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
@@ -258,17 +258,31 @@ def _twin(t: torch.Tensor, inp: torch.Tensor, net1: nn.Module, net0: nn.Module) 
 
     ``t`` has the batch shape of ``inp`` (``inp.shape[:-1]``) or broadcasts to
     it; the output is a tensor or a tuple of tensors with a trailing feature
-    dim. A scalar ``t`` (an intervention) runs one head; otherwise both heads
-    run on every row and are selected elementwise (``torch.where``: fixed
-    shapes, so that a captured training step can hold it; each head's gradient
-    comes from its own arm's rows only).
+    dim. A scalar ``t`` (an intervention) runs one head. Otherwise, eagerly,
+    each head runs on its own arm's rows only (half the work of the twin
+    networks: gathered by arm, the outputs put back in the rows' order); while
+    a training step is being captured (:func:`pvae.infer.is_capturing`), or
+    when ``t`` has more rows than ``inp`` (sampled treatments of shared
+    inputs), both heads run on every row and are selected elementwise
+    (``torch.where``: fixed shapes, and one head per input row). Either way
+    each head's gradient comes from its own arm's rows only; the two paths
+    agree to float rounding.
     """
     t = t.to(torch.bool)
     if t.dim() == 0:
         return (net1 if bool(t) else net0)(inp)
-    o1, o0 = net1(inp), net0(inp)
-    pick = lambda a1, a0: torch.where(t.unsqueeze(-1), a1, a0)
-    return tuple(map(pick, o1, o0)) if isinstance(o1, tuple) else pick(o1, o0)
+    batch = inp.shape[:-1]
+    if is_capturing() or torch.broadcast_shapes(t.shape, batch) != batch:
+        o1, o0 = net1(inp), net0(inp)
+        pick = lambda a1, a0: torch.where(t.unsqueeze(-1), a1, a0)
+        return tuple(map(pick, o1, o0)) if isinstance(o1, tuple) else pick(o1, o0)
+    t = t.expand(batch).reshape(-1)
+    rows = inp.reshape(-1, inp.shape[-1])
+    arm0, arm1 = (~t).nonzero().squeeze(-1), t.nonzero().squeeze(-1)
+    o0, o1 = net0(rows[arm0]), net1(rows[arm1])
+    order = torch.cat([arm0, arm1]).argsort()  # row i's place in cat([arm 0, arm 1])
+    put_back = lambda a0, a1: torch.cat([a0, a1])[order].reshape(batch + a0.shape[-1:])
+    return tuple(map(put_back, o0, o1)) if isinstance(o0, tuple) else put_back(o0, o1)
 
 
 class _StepLosses(Callback):

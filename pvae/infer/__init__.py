@@ -5,7 +5,7 @@ from .amortization import GapReport, RefinementResult, amortization_gap, refine
 from .arviz_export import PsisDiagnostics, psis_diagnostics, to_inference_data
 from .bounds import BoundEstimate, EvidenceEstimate, iwae_bound, log_evidence
 from .callbacks import LearningRateSchedule
-from .capture import CapturedFunction, CapturedStep, CaptureWarning, TrainStep, make_train_step
+from .capture import CapturedFunction, CapturedStep, CaptureWarning, TrainStep, is_capturing, make_train_step
 from .engine import Callback, TrainState
 from .diagnostics import (
     CollapseReport,
@@ -63,6 +63,7 @@ __all__ = [
     "elbo",
     "elbo_terms",
     "fit",
+    "is_capturing",
     "iwae_bound",
     "kl_per_dim",
     "latent_activity",

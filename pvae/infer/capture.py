@@ -27,6 +27,12 @@ assumption is checked, not trusted:
 Batches of another shape than the captured one (the last partial batch of an
 epoch) run eagerly rather than paying for a second capture.
 
+A program may ask :func:`is_capturing` and take a fixed-shape path while it is
+being recorded and a faster, data-dependent one when it runs eagerly (CEVAE's
+twin heads run each arm's network on that arm's rows eagerly, both networks on
+every row under capture); the two must agree to float tolerance, which the
+checks above verify.
+
 The KL warm-up weight is a graph input (a 0-d tensor), so a schedule changes it
 without a new capture. The captured graph draws its noise from torch's global
 generator exactly as the eager step does, so with ``mode="graph"`` a captured
@@ -61,7 +67,19 @@ CaptureMode = Literal["graph", "inductor"]
 CAPTURE_MODES: tuple[str, ...] = ("graph", "inductor")
 
 __all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureWarning", "CapturedFunction", "CapturedStep", "TrainStep",
-           "make_train_step", "trace_graph"]
+           "is_capturing", "make_train_step", "trace_graph"]
+
+_capturing = 0  # trace_graph calls under way (make_fx is running a program)
+
+
+def is_capturing() -> bool:
+    """Whether a program is being recorded into a graph (:func:`trace_graph`) right now.
+
+    A captured graph holds fixed shapes and cannot read tensor values into
+    Python; a program may branch on this to keep to that while it is recorded
+    and take a data-dependent, cheaper path when it runs eagerly.
+    """
+    return _capturing > 0
 
 
 class CaptureWarning(UserWarning):
@@ -417,8 +435,13 @@ def trace_graph(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def guarded(*args: torch.Tensor):
-        with _NoValueReads():
-            return fn(*args)
+        global _capturing
+        _capturing += 1
+        try:
+            with _NoValueReads():
+                return fn(*args)
+        finally:
+            _capturing -= 1
 
     py_state, np_state = random.getstate(), np.random.get_state()
     tracker = _SiteTracker()

@@ -14,7 +14,7 @@ from torch.distributions import constraints
 
 import pvae
 from pvae.infer import ElboObjective, IWAEObjective, load_checkpoint
-from pvae.infer.capture import CapturedStep, CaptureWarning, TrainStep
+from pvae.infer.capture import CapturedStep, CaptureWarning, TrainStep, is_capturing, trace_graph
 from pvae.models import ModelGuidePair, get_model
 
 
@@ -92,6 +92,21 @@ def test_captured_losses_and_gradients_equal_the_eager_ones(make, objective):
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=0)  # losses, to the bit
     for g_captured, g_eager in zip(runs[1][2], runs[0][2]):
         torch.testing.assert_close(g_captured, g_eager, rtol=0, atol=0)
+
+
+def test_is_capturing_is_true_only_while_a_graph_is_recorded():
+    seen = []
+
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        seen.append(is_capturing())
+        return a * 2
+
+    graph = trace_graph(fn, (torch.ones(3),))
+    assert seen == [True] and not is_capturing()
+    torch.testing.assert_close(graph(torch.arange(3.0)), torch.tensor([0.0, 2.0, 4.0]))
+    with pytest.raises(Exception):
+        trace_graph(lambda a: a * float(a.sum()), (torch.ones(3),))  # a value read: refused
+    assert not is_capturing()  # reset after a failed capture too
 
 
 def test_replayed_gradients_carry_no_autograd_history():
