@@ -73,7 +73,8 @@ _capturing = 0  # trace_graph calls under way (make_fx is running a program)
 
 
 def is_capturing() -> bool:
-    """Whether a program is being recorded into a graph (:func:`trace_graph`) right now.
+    """Whether a program is being recorded into a graph right now (by ``make_fx``, for
+    ``compile=`` in :func:`pvae.fit`, the bounds and CEVAE).
 
     A captured graph holds fixed shapes and cannot read tensor values into
     Python; a program may branch on this to keep to that while it is recorded
