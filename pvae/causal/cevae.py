@@ -818,7 +818,12 @@ class CEVAE(PyroModule):
         :param compile: capture the training step once and replay it, as
             :func:`pvae.fit` does (:func:`pvae.infer.make_train_step`):
             ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"`` or
-            ``"auto"``. The last partial batch of an epoch runs eagerly. Default False.
+            ``"auto"``. The last partial batch of an epoch runs eagerly. A CEVAE step is
+            many small operations around its matrix products: the replayed graph
+            (``True``) runs them one by one as eager does and is no faster, while
+            ``"inductor"`` fuses them (on IHDP a fit takes about 0.7x the eager time
+            once inductor's disk cache holds the compiled step; the first compile
+            takes tens of seconds). Default False.
         :param int num_fits: fit a deep ensemble (Lakshminarayanan et al. 2017) of this many
             models: this one, then ``num_fits - 1`` more of the same configuration with the
             seeds ``seed + 1, ...`` (0 + m without a seed: other initialisations, data orders
