@@ -31,7 +31,8 @@ A program may ask :func:`is_capturing` and take a fixed-shape path while it is
 being recorded and a faster, data-dependent one when it runs eagerly (CEVAE's
 twin heads run each arm's network on that arm's rows eagerly, both networks on
 every row under capture); the two must agree to float tolerance, which the
-checks above verify.
+checks above verify, and such a program's captured run matches its eager run
+to float rounding rather than to the bit.
 
 The KL warm-up weight is a graph input (a 0-d tensor), so a schedule changes it
 without a new capture. The captured graph draws its noise from torch's global
