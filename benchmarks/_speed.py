@@ -152,20 +152,19 @@ class FitLoop:
     def __init__(self, program, objective="elbo", compile: bool | str = False, *, num_particles: int = 1,
                  batch_size: int = BATCH, learning_rate: float = LR) -> None:
         from pvae.infer import make_objective
-        from pvae.infer.capture import CapturedStep, TrainStep
+        from pvae.infer.capture import CapturedStep, TrainStep, capture_mode
+        from pvae.infer.engine import adam
 
         self.program, self.batch_size = program, batch_size
         self.objective = make_objective(objective, num_particles=num_particles)  # an Objective passes through
         # fit's parameters for a module without pyro.param sites, in the same order
         self.params = [p for p in program.parameters() if p.requires_grad]
-        try:
-            self.optimizer = torch.optim.Adam(self.params, lr=learning_rate, fused=True)
-        except (RuntimeError, TypeError):  # as fit does
-            self.optimizer = torch.optim.Adam(self.params, lr=learning_rate, foreach=True)
-        if compile is False:
+        self.optimizer = adam(self.params, learning_rate)  # fit's optimiser
+        mode = capture_mode(compile)
+        if mode is None:
             self.step = TrainStep(program, self.objective, self.params)
         else:
-            self.step = CapturedStep(program, self.objective, self.params, mode="graph" if compile is True else compile)
+            self.step = CapturedStep(program, self.objective, self.params, mode=mode)
 
     @property
     def capture_seconds(self) -> float:

@@ -44,7 +44,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..models.base import program_verb
 
-from .capture import CapturedFunction, check_compile
+from .capture import CapturedFunction, capture_mode, check_compile
 from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
 
 __all__ = ["CHUNK_MEMORY_BYTES", "BoundEstimate", "EvidenceEstimate", "iwae_bound", "log_evidence"]
@@ -249,7 +249,7 @@ def _stream_log_weights(
     _check_count("num_particles", num_particles)
     _check_count("chunk_size", chunk_size, allow_none=True)
     check_compile(compile, BOUND_COMPILE_CHOICES)
-    mode = compile if isinstance(compile, str) else ("graph" if compile else None)  # a CapturedFunction mode
+    mode = capture_mode(compile)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     stream = _LogWeightStream()

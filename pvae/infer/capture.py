@@ -68,7 +68,7 @@ CaptureMode = Literal["graph", "inductor"]
 CAPTURE_MODES: tuple[str, ...] = ("graph", "inductor")
 
 __all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureWarning", "CapturedFunction", "CapturedStep", "TrainStep",
-           "is_capturing", "make_train_step", "trace_graph"]
+           "capture_mode", "is_capturing", "make_train_step", "trace_graph"]
 
 _capturing = 0  # trace_graph calls under way (make_fx is running a program)
 
@@ -379,6 +379,12 @@ def check_compile(compile: Any, choices: tuple[Any, ...] = COMPILE_CHOICES) -> N
         raise ValueError(f"compile must be one of {list(choices)}, got {compile!r}.")
 
 
+def capture_mode(compile: bool | CaptureMode) -> CaptureMode | None:
+    """The capture mode a resolved ``compile=`` value names: None for ``False``
+    (eager), ``"graph"`` for ``True``, else the mode itself."""
+    return None if compile is False else "graph" if compile is True else compile
+
+
 def _check_mode(mode: Any) -> None:
     if mode not in CAPTURE_MODES:
         raise ValueError(f"mode must be one of {list(CAPTURE_MODES)}, got {mode!r}.")
@@ -415,9 +421,9 @@ def make_train_step(
         else:
             compile = "inductor" if num_steps >= AUTO_INDUCTOR_MIN_STEPS else "graph"
         measure = AUTO_COMPILE_MEASURE
-    if compile is False:
+    mode = capture_mode(compile)
+    if mode is None:
         return TrainStep(program, objective, params, kwargs, data_size)
-    mode = "graph" if compile is True else compile
     return CapturedStep(program, objective, params, mode=mode, verbose=True, measure=measure,
                         kwargs=kwargs, data_size=data_size)
 
