@@ -36,7 +36,9 @@ Methods:
   (``outcome_inputs="zx"``: the outcome networks also read x;
   ``outcome_standardisation="arm"``) and early stopping on the validation
   outcome error, each arm's outcome network at its own arm's best check
-  (``fit(early_stopping="outcome_per_arm")``);
+  (``fit(early_stopping="outcome_per_arm")``), stopping after 10 checks (60
+  epochs at 600) without a better validation score (the preset's ``patience``;
+  ``--pvae-options '{"fit": {"patience": 0}}'`` trains all ``--epochs``);
 - ``pyro``: ``pyro.contrib.cevae.CEVAE`` with its defaults and a normal
   outcome, ``--pyro-epochs`` passes (850 by default: the budget behind the
   reference number in issue 5);

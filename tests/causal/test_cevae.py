@@ -171,6 +171,35 @@ def test_outcome_per_arm_early_stopping_takes_each_outcome_network_from_its_arms
     assert not torch.equal(seen[0]["py1.0.weight"], seen[1]["py1.0.weight"])  # the checks differ
 
 
+def test_the_pvae_preset_stops_after_ten_checks_without_a_better_score(monkeypatch):
+    x, t, y = _data("normal", 60)
+    checks: list[int] = []
+
+    def best_at_the_third_check(self, x, t, y, criterion, objective):
+        checks.append(len(checks))
+        return (-1.0 if len(checks) == 3 else -2.0), [1.0, 1.0]
+
+    monkeypatch.setattr(CEVAE, "_validation_score", best_at_the_third_check)
+    small = {**SMALL, "preset": "pvae"}
+    model = CEVAE(4, "normal", **small)
+    model.fit(x, t, y, num_epochs=100, batch_size=30, seed=0)  # checks every epoch
+    assert len(checks) == 13 and len(model.training_history) == 13  # the best, then ten without a better one
+    checks.clear()
+    CEVAE(4, "normal", **small).fit(x, t, y, num_epochs=20, batch_size=30, seed=0, patience=0)
+    assert len(checks) == 20  # patience=0: every epoch, then the best
+    checks.clear()
+    CEVAE(4, "normal", **small).fit(x, t, y, num_epochs=20, batch_size=30, seed=0, patience=2)
+    assert len(checks) == 5
+    checks.clear()  # no validation rows: the preset's patience does not apply, an explicit one is refused
+    CEVAE(4, "normal", **small).fit(x, t, y, num_epochs=15, batch_size=30, seed=0, validation_fraction=0.0)
+    assert checks == []
+    with pytest.raises(ValueError, match="patience .early stopping. needs validation data"):
+        CEVAE(4, "normal", **small).fit(x, t, y, num_epochs=15, validation_fraction=0.0, patience=3)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="patience must be a non-negative integer"):
+            CEVAE(4, "normal", **small).fit(x, t, y, num_epochs=1, patience=bad)
+
+
 def test_outcome_per_arm_validation_errors_and_refusals():
     x, t, y = _data("normal", 40)
     model = CEVAE(4, "normal", **SMALL)
@@ -352,8 +381,10 @@ def test_presets_select_the_whole_configuration_and_split_reproducibly():
     mixed = CEVAE(4, "normal", outcome_inputs="z", latent_dim=2, hidden_dim=8)  # explicit arguments win
     assert (mixed.outcome_inputs, mixed.outcome_standardisation) == ("z", "arm")
     assert PRESETS["pvae"] == {"outcome_inputs": "zx", "outcome_standardisation": "arm",
-                               "early_stopping": "outcome_per_arm", "num_epochs": 600, "validation_fraction": 0.3}
+                               "early_stopping": "outcome_per_arm", "num_epochs": 600, "patience": 10,
+                               "validation_fraction": 0.3}
     assert PRESETS["paper"]["num_epochs"] == 100 and PRESETS["paper"]["validation_fraction"] == 0.0
+    assert PRESETS["paper"]["patience"] == 0
     # fit without validation data: the pvae preset holds out 30% of the rows, the same for the same seed
     x, t, y = _data("normal", 50)
     rows = []
