@@ -791,10 +791,11 @@ class CEVAE(PyroModule):
             at 600 epochs, when there are validation rows; 0 for ``"paper"``).
             On IHDP (``benchmarks/ihdp.py``, ``pvae-x``, 10 replications x 2
             seeds) patience 10 gave the out-of-sample sqrt(PEHE) of training
-            all 600 epochs (paired difference -0.020 +- 0.013) in a quarter of
-            the time: most fits stop after about 110 epochs, while those of
-            replications 9 and 10, whose control surfaces are still being
-            fitted, train for 200-500.
+            all 600 epochs (paired difference -0.020 +- 0.013; +0.017 +- 0.048
+            on two more seeds, where replication 9 lost 0.44 and the other
+            nine gained 0.03) in a quarter of the time: most fits stop after
+            about 110 epochs, while those of replications 9 and 10, whose
+            control surfaces are still being fitted, train for 200-500.
         :param str early_stopping: validation score: ``"elbo"`` (the paper's
             validation bound), ``"outcome"`` (minus the squared error of the
             factual outcome predicted from ``x`` alone, as effects are) or
