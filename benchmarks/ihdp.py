@@ -240,13 +240,18 @@ def report(results: list[dict[str, Any]], methods: list[str], reps: list[int], s
                      f"{statistics.fmean(x['ite_cover_post'] for x in runs):.3f} (width "
                      f"{statistics.fmean(x['ite_width_post'] for x in runs):.2f}) with one model's posterior; "
                      f"per run: {per_run}")
+        def p_range(name: str) -> str:
+            p = [x[f"{name}_p"] for x in runs]
+            return f" (p {min(p):.3f}-{max(p):.3f})"
+
         if "placebo_effect" in runs[0]:
             lines.append(f"{ours} placebo: new effect " + ", ".join(f"{x['placebo_effect']:.3f}" for x in runs)
-                         + f"; interval covers 0 in {sum(x['placebo_covers'] for x in runs)}/{n}")
+                         + f"; interval covers 0 in {sum(x['placebo_covers'] for x in runs)}/{n}" + p_range("placebo"))
         if "random_common_cause_effect" in runs[0]:
             lines.append(f"{ours} random common cause: new effect " + ", ".join(
                 f"{x['random_common_cause_effect']:.3f}" for x in runs)
-                + f"; interval covers the original in {sum(x['random_common_cause_covers'] for x in runs)}/{n}")
+                + f"; interval covers the original in {sum(x['random_common_cause_covers'] for x in runs)}/{n}"
+                + p_range("random_common_cause"))
         for other in (m for m in methods if m not in PVAE_CONFIGS):
             wins = sum(rep_mean(ours, r, "pehe_out") < rep_mean(other, r, "pehe_out") for r in reps)
             lines.append(f"{ours} has a lower out-of-sample sqrt(PEHE) than {other} on {wins}/{len(reps)} replications")

@@ -824,7 +824,12 @@ class CEVAE(PyroModule):
             screening runs the treated network was kept from epochs 5-30, the
             control network from epochs 20-560). Default: the preset's
             (``"outcome_per_arm"`` for ``"pvae"``, ``"elbo"`` for ``"paper"``).
-        :param int seed: seed for Pyro, torch and numpy before training.
+        :param int seed: seed for Pyro, torch and numpy before training. An
+            unfitted model also draws its initial weights from it (those of
+            ``CEVAE(**self.config())`` built right after
+            ``pyro.set_rng_seed(seed)``), so the same seed gives the same fit
+            whatever ran before (torch seeds each new process at random); a
+            fitted model trains on from its weights.
         :param compile: capture the training step once and replay it, as
             :func:`pvae.fit` does (:func:`pvae.infer.make_train_step`):
             ``False`` (eager), ``True`` / ``"graph"``, ``"inductor"`` or
@@ -874,6 +879,8 @@ class CEVAE(PyroModule):
         check_compile(compile)
         if seed is not None:
             pyro.set_rng_seed(seed)
+            if not bool(self.fitted):  # the initial weights come from the seed too, not from what ran before
+                self.load_state_dict(type(self)(**self.config()).to(self.x_loc.device).state_dict())
         valid, validation_rows = None, None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 3:

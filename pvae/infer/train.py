@@ -395,7 +395,11 @@ def fit(
         (atomically: a crash never leaves a half-written file).
     :param bool resume: continue from ``checkpoint_dir``'s checkpoint; with the
         same ``seed`` this reproduces an uninterrupted run exactly.
-    :param int seed: seed for Pyro, torch, numpy and random.
+    :param int seed: seed for Pyro, torch, numpy and random: the noise, the
+        minibatch order and any ``pyro.param`` sites first made during the
+        fit. The program's own weights were drawn when it was built; seed
+        before building it (``pyro.set_rng_seed``) for a run that is the same
+        in every process (torch seeds each new process at random).
     :param bool progress: show a progress bar with the live ELBO; default only
         on a terminal and outside CI.
     :param device: move the program and tensor data there.

@@ -48,6 +48,26 @@ def fitted() -> tuple[CEVAE, tuple[torch.Tensor, ...]]:
     return model, (x, t, y)
 
 
+def test_fit_seed_fixes_the_initial_weights_of_an_unfitted_model_only():
+    """Built under different random states, two models fitted with the same seed end
+    equal (torch seeds each new process at random, so the build alone would differ);
+    a fitted model refitted with that seed trains on from its weights."""
+    x, t, y = _data("normal", 60)
+    models = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        models.append(CEVAE(4, "normal", **SMALL))
+    before = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]
+    assert not torch.equal(*before)
+    for m in models:
+        m.fit(x, t, y, num_epochs=2, batch_size=20, seed=3)
+    after = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]
+    assert torch.equal(*after)
+    models[0].fit(x, t, y, num_epochs=2, batch_size=20, seed=3)  # a warm start, not a fresh fit
+    again = torch.cat([p.detach().flatten() for p in models[0].parameters()])
+    assert not torch.allclose(again, after[1])
+
+
 @pytest.mark.parametrize("n", [1, 2, 37])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_smoke_grid_over_outcome_families_and_sizes(family, n):
