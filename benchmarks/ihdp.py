@@ -240,9 +240,11 @@ def report(results: list[dict[str, Any]], methods: list[str], reps: list[int], s
                      f"{statistics.fmean(x['ite_cover_post'] for x in runs):.3f} (width "
                      f"{statistics.fmean(x['ite_width_post'] for x in runs):.2f}) with one model's posterior; "
                      f"per run: {per_run}")
-        def p_range(name: str) -> str:
+
+        def p_range(name: str) -> str:  # the p-values' range and the runs whose interval missed
             p = [x[f"{name}_p"] for x in runs]
-            return f" (p {min(p):.3f}-{max(p):.3f})"
+            missed = [f"rep {x['rep']} seed {x['seed']} (p {x[f'{name}_p']:.3f})" for x in runs if not x[f"{name}_covers"]]
+            return f" (p {min(p):.3f}-{max(p):.3f})" + (f"; missed: {', '.join(missed)}" if missed else "")
 
         if "placebo_effect" in runs[0]:
             lines.append(f"{ours} placebo: new effect " + ", ".join(f"{x['placebo_effect']:.3f}" for x in runs)

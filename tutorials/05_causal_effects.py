@@ -243,9 +243,10 @@ else:
 # the pooled best check. Training stops after 10 checks without a better
 # pooled score (`fit(patience=...)`; 0 trains every epoch), so a replication
 # whose control surface is still being fitted, like this one, trains for
-# hundreds of epochs and most others for about a hundred. Over the 10 replications (`benchmarks/ihdp.py`) this
-# takes the out-of-sample $\sqrt{\text{PEHE}}$ from 1.54 to about 0.7 and
-# the ATE error from about 0.2 to about 0.15 (the README has the table).
+# hundreds of epochs and most others for about a hundred. Over the 10
+# replications (`benchmarks/ihdp.py`) this takes the out-of-sample
+# $\sqrt{\text{PEHE}}$ from about 1.5 to about 0.7 and the ATE error from
+# 0.17 to 0.16 (the README has the table).
 
 # %%
 if (ihdp_dir / "ihdp_npci_9.csv").is_file():

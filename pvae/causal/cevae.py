@@ -794,8 +794,8 @@ class CEVAE(PyroModule):
             all 600 epochs (paired difference -0.020 +- 0.013; +0.017 +- 0.048
             on two more seeds, where replication 9 lost 0.44 and the other
             nine gained 0.03) in a quarter of the time: most fits stop after
-            about 110 epochs, while those of replications 9 and 10, whose
-            control surfaces are still being fitted, train for 200-500.
+            about 100 epochs, while those of replications 9 and 10, whose
+            control surfaces are still being fitted, train for 250-550.
         :param str early_stopping: validation score: ``"elbo"`` (the paper's
             validation bound), ``"outcome"`` (minus the squared error of the
             factual outcome predicted from ``x`` alone, as effects are) or
@@ -1088,8 +1088,8 @@ class CEVAE(PyroModule):
         draws, :math:`\\{\\tau^{(m, s)}(x)\\}_{m \\le M, s \\le S}`: the mixture's spread,
         narrower than Rubin's for small M. On IHDP (10 replications x 2 seeds, M = 3,
         ``benchmarks/ihdp.py --ensemble 3``) 95% intervals covered 0.881 of the test
-        units' true effects with Rubin's rules (mean width 1.97), 0.836 with the
-        mixture (1.58) and 0.746 with one posterior (1.33); where the fits share a
+        units' true effects with Rubin's rules (mean width 1.95), 0.831 with the
+        mixture (1.57) and 0.736 with one posterior (1.33); where the fits share a
         bias no spread between them shows it.
         """
         self._require_fitted()
