@@ -84,6 +84,7 @@ class EpochTimer(Callback):
 
 def _pvae(x, b, train, test, args, seed, with_batch, epochs=None):
     kwargs = dict(latent_dim=args.latent, hidden_dims=(args.hidden,))
+    torch.manual_seed(seed)  # the initial weights too: torch seeds each new process at random
     if with_batch:
         model = CountVAE(x.shape[1], num_batches=int(b.max()) + 1, likelihood=args.likelihood, **kwargs)
         data, held = (x[train], b[train]), (x[test], b[test])
