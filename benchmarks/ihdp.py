@@ -138,9 +138,11 @@ def run_job(method: str, rep: int, seed: int, args: dict[str, Any]) -> dict[str,
         if args["refute"]:
             from pvae.causal import refute
 
-            def refit(x, t, y):  # the same configuration, its own validation split (the preset's)
+            # the same configuration, its own validation split (the preset's); no seed of its own:
+            # refute seeds the global generators before each refit, so each starts from other weights
+            def refit(x, t, y):
                 m = CEVAE(feature_dim=x.shape[1], outcome_dist="normal", **options)
-                m.fit(x, t, y, num_epochs=args["epochs"], seed=seed, **fit_options)
+                m.fit(x, t, y, num_epochs=args["epochs"], **fit_options)
                 return m.ate(x)
 
             # placebo: expected 0 whatever the original, so the fitted model's own ATE is reported beside it;

@@ -880,7 +880,7 @@ class CEVAE(PyroModule):
         if seed is not None:
             pyro.set_rng_seed(seed)
             if not bool(self.fitted):  # the initial weights come from the seed too, not from what ran before
-                self.load_state_dict(type(self)(**self.config()).to(self.x_loc.device).state_dict())
+                self.load_state_dict(type(self)(**self.config()).state_dict())
         valid, validation_rows = None, None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 3:

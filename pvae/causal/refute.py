@@ -137,6 +137,10 @@ def refute(
         (else ``estimate(x, t, y)`` is called once more).
     :param int seed: seeds the changes to the data (a private generator) and, before
         each refit, Pyro's and torch's generators with ``seed + k``. Default 0.
+        ``estimate`` should draw its randomness (initial weights, noise) from
+        those generators: one that fixes its own seed (e.g. ``fit(seed=0)``)
+        starts every refit alike, and the refits' spread, hence the interval,
+        misses the estimator's own variability.
     :returns: a :class:`RefutationResult`.
     :raises ValueError: on an unknown refuter, bad options, or data of mismatched lengths.
     """
