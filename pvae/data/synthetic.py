@@ -55,6 +55,15 @@ import torch
 
 from .loaders import CausalData
 
+
+def _numpy_generator(seed: int | None) -> np.random.Generator:
+    """A private NumPy generator from ``seed``; None seeds it from the global torch
+    RNG, so that ``pyro.set_rng_seed`` fixes these generators as it fixes the
+    torch-based ones (a bare ``default_rng(None)`` would draw fresh OS entropy)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    return np.random.default_rng(seed)
+
 __all__ = [
     "CRYSTAL_SPECIES",
     "Chains",
@@ -475,7 +484,8 @@ def simulate_counts(
     :param float zero_inflation: probability of an extra zero per count.
     :param float mean_shape: shape of the gene means' Gamma (Splatter's 0.6).
     :param float mean_rate: rate of the gene means' Gamma (Splatter's 0.3).
-    :param int seed: seed of a private NumPy generator (global RNGs untouched).
+    :param int seed: seed of a private NumPy generator (global RNGs untouched);
+        None seeds it from the global torch RNG.
     :param dtype: of the float tensors. Default ``torch.get_default_dtype()``.
     :rtype: SimulatedCounts
     """
@@ -490,7 +500,7 @@ def simulate_counts(
     for name, value in (("dispersion", dispersion), ("mean_shape", mean_shape), ("mean_rate", mean_rate)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    rng = np.random.default_rng(seed)
+    rng = _numpy_generator(seed)
     base = rng.gamma(mean_shape, 1.0 / mean_rate, size=g)
     de = rng.random((nk, g)) < de_prob
     sign = np.where(rng.random((nk, g)) < 0.5, -1.0, 1.0)
@@ -565,14 +575,15 @@ def sprites(
     :param int num_scales: scale values. Default 6.
     :param int num_orientations: orientation values. Default 20.
     :param int num_positions: positions per axis. Default 16.
-    :param int seed: seed of a private NumPy generator.
+    :param int seed: seed of a private NumPy generator; None seeds it from the
+        global torch RNG.
     :param dtype: of the images. Default ``torch.get_default_dtype()``.
     """
     n, size = _check_count("num_images", num_images), _check_count("size", size)
     counts = (len(SPRITE_SHAPES), _check_count("num_scales", num_scales),
               _check_count("num_orientations", num_orientations), _check_count("num_positions", num_positions),
               num_positions)
-    rng = np.random.default_rng(seed)
+    rng = _numpy_generator(seed)
     idx = np.stack([rng.integers(c, size=n) for c in counts], axis=1)
     scales = np.linspace(0.5, 1.0, num_scales)
     angles = np.arange(num_orientations) * 2 * np.pi / num_orientations
@@ -682,7 +693,8 @@ def fmri_blocks(
     :param float task_scale: :math:`b`.
     :param int block_length: scans per off or on block.
     :param float tr: seconds per scan (for the HRF).
-    :param int seed: seed of a private NumPy generator.
+    :param int seed: seed of a private NumPy generator; None seeds it from the
+        global torch RNG.
     :param dtype: Default ``torch.get_default_dtype()``.
     """
     n, r, t = _check_count("num_runs", num_runs), _check_count("num_regions", num_regions), _check_count("length", length)
@@ -691,7 +703,7 @@ def fmri_blocks(
         raise ValueError(f"rho must lie in (-1, 1), got {rho!r}.")
     if not (isinstance(noise_scale, (int, float)) and noise_scale > 0):
         raise ValueError(f"noise_scale must be positive, got {noise_scale!r}.")
-    rng = np.random.default_rng(seed)
+    rng = _numpy_generator(seed)
     subject_maps, task_maps = rng.normal(size=(ns, r)), rng.normal(size=(nk, r))
     boxcar = (np.arange(t) // _check_count("block_length", block_length)) % 2
     course = np.convolve(boxcar, canonical_hrf(tr))[:t]

@@ -7,7 +7,18 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
-from pvae.data import canonical_hrf, fmri_blocks, sprites
+from pvae.data import canonical_hrf, fmri_blocks, simulate_counts, sprites
+
+
+@pytest.mark.parametrize("make", [lambda: sprites(200).images, lambda: fmri_blocks(20).x,
+                                  lambda: simulate_counts(50, 30).counts], ids=["sprites", "fmri", "counts"])
+def test_numpy_based_generators_without_a_seed_follow_the_global_torch_rng(make):
+    """seed=None: reproducible under torch.manual_seed, as the torch-based generators are."""
+    torch.manual_seed(7)
+    a = make()
+    torch.manual_seed(7)
+    assert torch.equal(a, make())
+    assert not torch.equal(a, make())
 
 
 def test_sprites_are_deterministic_binary_and_their_factors_independent():
