@@ -55,15 +55,6 @@ import torch
 
 from .loaders import CausalData
 
-
-def _numpy_generator(seed: int | None) -> np.random.Generator:
-    """A private NumPy generator from ``seed``; None seeds it from the global torch
-    RNG, so that ``pyro.set_rng_seed`` fixes these generators as it fixes the
-    torch-based ones (a bare ``default_rng(None)`` would draw fresh OS entropy)."""
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()))
-    return np.random.default_rng(seed)
-
 __all__ = [
     "CRYSTAL_SPECIES",
     "Chains",
@@ -130,6 +121,13 @@ class LatticeField:
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+def _resolve_seed(seed: int | None) -> int:
+    """The seed of a generator's private RNG: ``seed``, or (None) one drawn from the
+    global torch RNG, so that ``pyro.set_rng_seed`` fixes every generator here (a
+    bare ``np.random.default_rng(None)`` would draw fresh OS entropy)."""
+    return int(seed) if seed is not None else int(torch.randint(2**31, ()))
 
 
 def _check_size(size: int, minimum: int = 2) -> int:
@@ -385,7 +383,7 @@ def hidden_confounder_data(num_data: int, feature_dim: int = 5, seed: int | None
         raise ValueError(f"num_data must be a positive integer, got {num_data!r}.")
     if isinstance(feature_dim, bool) or int(feature_dim) != feature_dim or feature_dim < 1:
         raise ValueError(f"feature_dim must be a positive integer, got {feature_dim!r}.")
-    g = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**31, ())))
+    g = torch.Generator().manual_seed(_resolve_seed(seed))
     n = int(num_data)
     z = torch.bernoulli(torch.full((n,), 0.5), generator=g)
     sd = 5 * z + 3 * (1 - z)
@@ -500,7 +498,7 @@ def simulate_counts(
     for name, value in (("dispersion", dispersion), ("mean_shape", mean_shape), ("mean_rate", mean_rate)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    rng = _numpy_generator(seed)
+    rng = np.random.default_rng(_resolve_seed(seed))
     base = rng.gamma(mean_shape, 1.0 / mean_rate, size=g)
     de = rng.random((nk, g)) < de_prob
     sign = np.where(rng.random((nk, g)) < 0.5, -1.0, 1.0)
@@ -583,7 +581,7 @@ def sprites(
     counts = (len(SPRITE_SHAPES), _check_count("num_scales", num_scales),
               _check_count("num_orientations", num_orientations), _check_count("num_positions", num_positions),
               num_positions)
-    rng = _numpy_generator(seed)
+    rng = np.random.default_rng(_resolve_seed(seed))
     idx = np.stack([rng.integers(c, size=n) for c in counts], axis=1)
     scales = np.linspace(0.5, 1.0, num_scales)
     angles = np.arange(num_orientations) * 2 * np.pi / num_orientations
@@ -703,7 +701,7 @@ def fmri_blocks(
         raise ValueError(f"rho must lie in (-1, 1), got {rho!r}.")
     if not (isinstance(noise_scale, (int, float)) and noise_scale > 0):
         raise ValueError(f"noise_scale must be positive, got {noise_scale!r}.")
-    rng = _numpy_generator(seed)
+    rng = np.random.default_rng(_resolve_seed(seed))
     subject_maps, task_maps = rng.normal(size=(ns, r)), rng.normal(size=(nk, r))
     boxcar = (np.arange(t) // _check_count("block_length", block_length)) % 2
     course = np.convolve(boxcar, canonical_hrf(tr))[:t]
@@ -778,7 +776,7 @@ def chains(
     n, atoms = _check_count("num_chains", num_chains), _check_count("atoms", atoms)
     if atoms < 4:
         raise ValueError(f"atoms must be >= 4 (a dihedral needs four), got {atoms}.")
-    g = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**31, ())))
+    g = torch.Generator().manual_seed(_resolve_seed(seed))
     f64 = torch.float64
     bonds = bond_mean + bond_sd * torch.randn(n, atoms - 1, generator=g, dtype=f64)
     angles = angle_mean + angle_sd * torch.randn(n, atoms - 2, generator=g, dtype=f64)
@@ -879,7 +877,7 @@ def crystals(
         raise ValueError(f"prototypes must be a non-empty tuple of {sorted(_PROTOTYPES)}, got {prototypes!r}.")
     if not (strain >= 0 and thermal >= 0):
         raise ValueError(f"strain and thermal must be >= 0, got {strain!r}, {thermal!r}.")
-    g = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.randint(2**31, ())))
+    g = torch.Generator().manual_seed(_resolve_seed(seed))
     f64 = torch.float64
     slots = max(len(_PROTOTYPES[p][1]) for p in prototypes)
     ideal_t = torch.full((len(prototypes), slots, 3), float("nan"), dtype=f64)
