@@ -363,11 +363,11 @@ def test_auto_measures_and_drops_a_graph_that_is_not_faster(monkeypatch):
     eager = _steps(TrainStep, _vae(), ElboObjective(), batches, [1.0] * 10)
     original = CapturedStep._run_graph
 
-    def slow(self, batch, weight):
+    def slow(self, batch, weight, graph=None):
         import time
 
         time.sleep(0.02)
-        return original(self, batch, weight)
+        return original(self, batch, weight, graph)
 
     monkeypatch.setattr(CapturedStep, "_run_graph", slow)
     step, losses, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 10, measure=3)
@@ -375,6 +375,48 @@ def test_auto_measures_and_drops_a_graph_that_is_not_faster(monkeypatch):
     torch.testing.assert_close(losses, eager[1], rtol=0, atol=0)
     monkeypatch.setattr(CapturedStep, "_run_graph", original)
     _, losses, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 10, measure=3)
+    torch.testing.assert_close(losses, eager[1], rtol=0, atol=0)
+
+
+def _fake_compile(loss_factor: float, grad_factor: float):
+    """A stand-in for inductor: the recorded graph with its loss and its last gradient scaled."""
+
+    def compile_(graph, device):
+        def run(weight, *batch):
+            out = list(graph(weight, *batch))
+            out[0], out[-1] = out[0] * loss_factor, out[-1] * grad_factor
+            return out
+
+        return run
+
+    return compile_
+
+
+def test_checks_replay_the_recorded_graph_not_the_compiled_rounding(monkeypatch):
+    """Inductor's rounding can move a pre-activation across a ReLU's kink and change a
+    gradient by 0.3% of its norm; the staleness checks replay the recorded graph, so a
+    compiled step whose gradients differ by 1% keeps training (it fell back at once)."""
+    from pvae.infer import capture
+
+    monkeypatch.setattr(capture, "_compile", _fake_compile(1.0, 1.01))
+    batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(8)]
+    step, losses, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 8, mode="inductor",
+                             check_every=3)
+    assert step.fallback is None and step.captures == 1
+    eager = _steps(TrainStep, _vae(), ElboObjective(), batches, [1.0] * 8)
+    torch.testing.assert_close(losses[:2], eager[1][:2], rtol=0, atol=0)  # the check's eager step, then a replay
+    assert not torch.equal(losses, eager[1])  # later replays took the compiled (scaled) gradients
+
+
+def test_a_compiled_step_whose_loss_disagrees_is_replayed_uncompiled(monkeypatch):
+    from pvae.infer import capture
+
+    monkeypatch.setattr(capture, "_compile", _fake_compile(1.1, 1.0))
+    batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(6)]
+    with pytest.warns(CaptureWarning, match="replayed uncompiled"):
+        step, losses, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 6, mode="inductor")
+    assert step.fallback is None
+    eager = _steps(TrainStep, _vae(), ElboObjective(), batches, [1.0] * 6)
     torch.testing.assert_close(losses, eager[1], rtol=0, atol=0)
 
 
