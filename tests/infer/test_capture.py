@@ -338,6 +338,29 @@ def test_captured_function_falls_back_on_value_reads():
     torch.testing.assert_close(f(2 * x)[0], 2 * x * 6)  # eager from then on, and right
 
 
+def test_the_inductor_step_reads_the_live_parameters():
+    """The compiled step is checked against the recorded graph only at its capture,
+    so it must read the parameters as the optimiser leaves them: after updates its
+    loss and gradients equal the recorded graph's (same random state) to float
+    rounding, and differ from those at the capture."""
+    from pvae.infer.capture import _fork_rng
+
+    batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(6)]
+    step, _, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 6, mode="inductor")
+    assert step.fallback is None and step._graph is not step._recorded
+    weight = torch.tensor(1.0)
+    with _fork_rng(batches[0]):
+        compiled, compiled_grads = step._run_graph(batches[0], weight)
+    with _fork_rng(batches[0]):
+        recorded, recorded_grads = step._run_graph(batches[0], weight, step._recorded)
+    torch.testing.assert_close(compiled.loss, recorded.loss, rtol=1e-5, atol=1e-4)
+    for a, b in zip(compiled_grads, recorded_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    with _fork_rng(batches[0]):
+        first = TrainStep(_vae(), ElboObjective(), list(_vae().parameters()))(batches[0], 1.0)
+    assert abs(float(first.loss) - float(compiled.loss)) > 1e-2  # the parameters have moved
+
+
 @pytest.mark.slow
 def test_inductor_training_reaches_the_eager_elbo():
     """Inductor's fused kernels round differently from eager, so its run drifts from
