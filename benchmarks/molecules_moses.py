@@ -13,7 +13,8 @@ test; the MCF and PAINS SMARTS filters). Protocol, in one run:
   decoder and a 128-dimensional latent: too slow for 2 cores), ``beta``
   ``--beta`` with the KL weight warmed up over the first epoch, Adam 2e-3,
   batch 256, trained until ``--minutes`` of training time have passed (whole
-  epochs). The two models train side by side in two processes, one thread each;
+  epochs; the count depends on the machine, so ``--epochs N`` trains exactly
+  N epochs instead, for a rerun that repeats a result). The two models train side by side in two processes, one thread each;
 * MOSES metrics (:func:`pvae.chem.metrics`) of ``--samples`` molecules from
   the prior, ``z ~ N(0, I)``, decoded two ways: *ancestral* (each token drawn,
   as MOSES samples) and *greedy* (the most likely token at each step). Novelty
@@ -131,7 +132,7 @@ def _make_vae(tokens: MoleculeTokenizer, latent: int, gru: list[int], beta: floa
 
 def train_coding(kind: str, args: argparse.Namespace, tokens: MoleculeTokenizer, codes: torch.Tensor
                  ) -> tuple[SequenceVAE, dict]:
-    """One coding's model, trained for ``--minutes`` on ``--device``; saved to ``--models`` when given."""
+    """One coding's model, trained for ``--epochs`` or ``--minutes`` on ``--device``; saved to ``--models`` when given."""
     torch.manual_seed(0)
     if args.init_models:  # a second leg: the saved model's weights, a fresh Adam, no KL warm-up
         vae, before = _saved_coding(kind, args.init_models)
@@ -139,9 +140,10 @@ def train_coding(kind: str, args: argparse.Namespace, tokens: MoleculeTokenizer,
     else:
         vae, legs = _make_vae(tokens, args.latent, args.gru, args.beta), []
     start = time.perf_counter()
-    fitted = pvae.fit(vae, codes, num_epochs=1000, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      kl_warmup=None if args.init_models else 1, seed=len(legs),
-                      callbacks=[TimeBudget(args.minutes * 60)], diagnostics_every=None, progress=False,
+    fitted = pvae.fit(vae, codes, num_epochs=args.epochs or 1000, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, kl_warmup=None if args.init_models else 1, seed=len(legs),
+                      callbacks=[] if args.epochs else [TimeBudget(args.minutes * 60)], diagnostics_every=None,
+                      progress=False,
                       clip_norm=args.clip_norm, device=args.device)
     last = fitted.history[-1]
     leg = {"epochs": len(fitted.history), "train_seconds": time.perf_counter() - start, "device": str(args.device),
@@ -294,6 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=28.0, help="training time per model")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train exactly this many epochs per model instead of --minutes (reproducible)")
     parser.add_argument("--beta", type=float, default=0.2)
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--starts", type=int, default=400)
@@ -334,7 +338,8 @@ def main() -> None:
         print(json.dumps(results, indent=1))
         return
     _print_tables(results)
-    trained = "models read from --models" if args.evaluate_only else f"{args.minutes} min per model"
+    trained = ("models read from --models" if args.evaluate_only
+               else f"{args.epochs} epochs per model" if args.epochs else f"{args.minutes} min per model")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; train subset {args.train_size}, {trained}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
