@@ -182,10 +182,11 @@ class FusedAdam(torch.optim.Adam):
             self._plan = self._gather(with_grad)
             if self._plan is None:
                 return self._torch_step()
-        for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, self._plan[1]):
-            if params:
-                torch._foreach_add_(steps, 1)
-                self._update(group, params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps)
+        with torch.no_grad():  # as torch's step runs (its grad-mode decorator)
+            for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, self._plan[1]):
+                if params:
+                    torch._foreach_add_(steps, 1)
+                    self._update(group, params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps)
         return None
 
     # torch's wrapper (step hooks, the profiler's label) around the step, for when they are in use
@@ -236,17 +237,20 @@ class FusedAdam(torch.optim.Adam):
             device, dtype = kind
             t = [torch.zeros(1, device=device, dtype=dtype) for _ in range(4)]
             try:
-                self._update(self.param_groups[0], [t[0]], [t[1]], [t[2]], [t[3]],
-                             [torch.ones((), device=device, dtype=torch.float32)])
+                with torch.no_grad():
+                    self._update(self.param_groups[0], [t[0]], [t[1]], [t[2]], [t[3]],
+                                 [torch.ones((), device=device, dtype=torch.float32)])
                 self._lean[kind] = True
             except (AttributeError, RuntimeError, TypeError):
                 self._lean[kind] = False
         return self._lean[kind]
 
     def _torch_step(self, closure: Callable[[], Any] | None = None) -> Any:
-        # torch.optim.Adam's step without its hook wrapper: this class's step, which
-        # calls it, is wrapped already (torch wraps every optimiser class's step)
-        return getattr(torch.optim.Adam.step, "__wrapped__", torch.optim.Adam.step)(self, closure)
+        # torch.optim.Adam's step without the hook-and-profiler wrapper torch puts on it
+        # once a plain Adam exists (this class's step runs that wrapper itself when it is
+        # needed), but with its grad-mode decorator
+        step = torch.optim.Adam.step
+        return (step.__wrapped__ if getattr(step, "hooked", False) else step)(self, closure)
 
 
 def _lean_options(group: dict[str, Any]) -> bool:

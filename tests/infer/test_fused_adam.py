@@ -134,3 +134,23 @@ def test_fused_adam_steps_carry_the_profiler_label():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         opt.step()
     assert any(e.key == "Optimizer.step#FusedAdam.step" for e in prof.key_averages())
+
+
+def test_torch_s_own_step_runs_without_autograd_in_a_fresh_process():
+    """The first step (torch's) runs under torch's grad-mode decorator whether or not
+    a plain Adam was ever built (torch wraps Adam.step with its hooks only then)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom pvae.infer.engine import FusedAdam\n"
+            "seen = []\n"
+            "orig = torch._fused_adam_\n"
+            "def spy(*a, **k):\n    seen.append(torch.is_grad_enabled())\n    return orig(*a, **k)\n"
+            "torch._fused_adam_ = spy\n"
+            "p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)\n"
+            "o = FusedAdam([p], lr=0.1)\n"
+            "o.step(); o.step()\n"
+            "print(seen)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # torch's first step, the probe of the kernel, the lean step: all with autograd off
+    assert out.strip().splitlines()[-1] == "[False, False, False]"
