@@ -604,7 +604,7 @@ def _compile(graph: torch.fx.GraphModule, device: torch.device) -> Callable[...,
 class _InductorGraph:
     """A recorded graph compiled by ``torch._inductor.compile_fx.compile_fx`` at its
     first call, without dynamo; ``torch.compile`` where that entry point is
-    missing or has another signature (it is not public API)."""
+    missing or fails (it is not public API)."""
 
     def __init__(self, graph: torch.fx.GraphModule, options: dict[str, Any]) -> None:
         # inductor's passes may rewrite the graph they are given: hand them their own
@@ -619,7 +619,7 @@ class _InductorGraph:
                 from torch._inductor.compile_fx import compile_fx
 
                 self._compiled = compile_fx(self.graph, list(inputs), config_patches=self.options)
-            except (ImportError, AttributeError, TypeError):
+            except Exception:  # not public API: where it fails, torch.compile's path (which raises if it fails too)
                 self._compiled = torch.compile(self.graph, backend="inductor", dynamic=False, fullgraph=True,
                                                options=self.options)
         return self._compiled(*inputs)

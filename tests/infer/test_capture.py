@@ -361,6 +361,25 @@ def test_the_inductor_step_reads_the_live_parameters():
     assert abs(float(first.loss) - float(compiled.loss)) > 1e-2  # the parameters have moved
 
 
+def test_inductor_graph_takes_torch_compile_where_compile_fx_fails(monkeypatch):
+    """compile_fx (inductor without dynamo) is not public API: where it fails, the
+    recorded graph goes through torch.compile as before."""
+    import torch._inductor.compile_fx as inductor_entry
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pvae.infer import capture
+
+    def broken(*args, **kwargs):
+        raise AssertionError("an internal inductor failure")
+
+    used = []
+    monkeypatch.setattr(inductor_entry, "compile_fx", broken)
+    monkeypatch.setattr(torch, "compile", lambda graph, **kwargs: used.append(kwargs) or graph)
+    graph = capture._InductorGraph(make_fx(lambda a: (a * 2,))(torch.ones(3)), {"fallback_random": True})
+    assert torch.equal(graph(torch.arange(3.0))[0], torch.tensor([0.0, 2.0, 4.0]))
+    assert used[0]["backend"] == "inductor" and used[0]["options"] == {"fallback_random": True}
+
+
 @pytest.mark.slow
 def test_inductor_training_reaches_the_eager_elbo():
     """Inductor's fused kernels round differently from eager, so its run drifts from
