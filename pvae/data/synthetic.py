@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -620,7 +621,9 @@ class FMRIBlocks:
     :ivar torch.Tensor signal: ``(runs, regions * length)`` the noise-free mean.
     :ivar torch.Tensor subject_maps: ``(subjects, regions)``.
     :ivar torch.Tensor task_maps: ``(tasks, regions)``.
-    :ivar torch.Tensor time_course: ``(length,)`` the HRF-convolved block design (peak 1).
+    :ivar torch.Tensor time_course: ``(length,)`` the HRF-convolved design (peak 1).
+    :ivar torch.Tensor stimulus: ``(length,)`` the design before the convolution:
+        0/1 per scan (the boxcar, or the event train).
     :ivar float rho: the AR(1) coefficient of the noise.
     :ivar float noise_scale: its marginal standard deviation.
     :ivar int length: time points per region.
@@ -633,6 +636,7 @@ class FMRIBlocks:
     subject_maps: torch.Tensor
     task_maps: torch.Tensor
     time_course: torch.Tensor
+    stimulus: torch.Tensor
     rho: float
     noise_scale: float
     length: int
@@ -659,6 +663,8 @@ def fmri_blocks(
     task_scale: float = 1.0,
     block_length: int = 6,
     tr: float = 2.0,
+    design: Literal["block", "event"] = "block",
+    event_rate: float = 0.3,
     seed: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> FMRIBlocks:
@@ -666,8 +672,8 @@ def fmri_blocks(
 
     Each run is one subject doing one task (both uniform); each region's
     series is the subject's spatial map (a constant offset), plus the task's
-    map times the block design convolved with the canonical HRF, plus
-    stationary AR(1) noise:
+    map times the design convolved with the canonical HRF, plus stationary
+    AR(1) noise:
 
     .. math::
 
@@ -676,9 +682,13 @@ def fmri_blocks(
         e_{nr,t} = \\rho e_{nr,t-1} + \\sigma \\sqrt{1-\\rho^2}\\, \\eta_{nrt},
 
     maps :math:`S, K` standard normal, the boxcar alternating
-    ``block_length`` scans off and on. With large :math:`\\rho` the noise
-    drifts slowly, like the signal: an independent-noise likelihood reads the
-    drift as structure.
+    ``block_length`` scans off and on (``design="event"``: an event-related
+    design instead, a brief event at each scan with probability
+    ``event_rate``, one sequence for every run). With large :math:`\\rho` the
+    noise drifts slowly, like a block design's signal: an independent-noise
+    likelihood reads the drift as structure. An event-related time course has
+    more of its power at frequencies where AR(1) noise is weak, which is where
+    modelling the noise (whitening) gains most.
 
     :param int num_runs: runs (data points).
     :param int num_subjects: subjects.
@@ -691,6 +701,8 @@ def fmri_blocks(
     :param float task_scale: :math:`b`.
     :param int block_length: scans per off or on block.
     :param float tr: seconds per scan (for the HRF).
+    :param str design: ``"block"`` (default) or ``"event"``.
+    :param float event_rate: the probability of an event at a scan (``design="event"``).
     :param int seed: seed of a private NumPy generator; None seeds it from the
         global torch RNG.
     :param dtype: Default ``torch.get_default_dtype()``.
@@ -702,9 +714,17 @@ def fmri_blocks(
     if not (isinstance(noise_scale, (int, float)) and noise_scale > 0):
         raise ValueError(f"noise_scale must be positive, got {noise_scale!r}.")
     rng = np.random.default_rng(_resolve_seed(seed))
+    if design not in ("block", "event"):
+        raise ValueError(f"design must be 'block' or 'event', got {design!r}.")
+    if not (isinstance(event_rate, (int, float)) and 0 < event_rate <= 1):
+        raise ValueError(f"event_rate must lie in (0, 1], got {event_rate!r}.")
     subject_maps, task_maps = rng.normal(size=(ns, r)), rng.normal(size=(nk, r))
-    boxcar = (np.arange(t) // _check_count("block_length", block_length)) % 2
-    course = np.convolve(boxcar, canonical_hrf(tr))[:t]
+    if design == "block":
+        stimulus = (np.arange(t) // _check_count("block_length", block_length)) % 2
+    else:
+        stimulus = (rng.random(t) < event_rate).astype(float)
+        stimulus[0] = 1.0  # at least one event
+    course = np.convolve(stimulus, canonical_hrf(tr))[:t]
     course = course / course.max()
     subject, task = rng.integers(ns, size=n), rng.integers(nk, size=n)
     signal = (subject_scale * subject_maps[subject][:, :, None]
@@ -717,7 +737,8 @@ def fmri_blocks(
     dtype = dtype or torch.get_default_dtype()
     floats = {k: torch.as_tensor(v, dtype=dtype) for k, v in (
         ("x", (signal + noise_scale * noise).reshape(n, -1)), ("signal", signal.reshape(n, -1)),
-        ("subject_maps", subject_maps), ("task_maps", task_maps), ("time_course", course))}
+        ("subject_maps", subject_maps), ("task_maps", task_maps), ("time_course", course),
+        ("stimulus", stimulus))}
     return FMRIBlocks(subject=torch.as_tensor(subject), task=torch.as_tensor(task), rho=float(rho),
                       noise_scale=float(noise_scale), length=t, **floats)
 

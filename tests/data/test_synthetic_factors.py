@@ -57,3 +57,22 @@ def test_fmri_noise_is_ar1_with_the_asked_rho_and_the_signal_follows_the_design(
     assert h.argmax() * 2.0 == pytest.approx(5.0, abs=1.0) and h.min() < 0  # peak near 5 s, undershoot
     with pytest.raises(ValueError, match="rho"):
         fmri_blocks(10, rho=1.0)
+
+
+def test_fmri_event_design_is_the_hrf_convolved_event_train_shared_by_every_run():
+    d = fmri_blocks(50, length=60, rho=0.5, design="event", event_rate=0.3, seed=4)
+    again = fmri_blocks(50, length=60, rho=0.5, design="event", event_rate=0.3, seed=4)
+    torch.testing.assert_close(d.x, again.x, rtol=0, atol=0)
+    events = d.stimulus.double().numpy()
+    assert set(events) == {0.0, 1.0} and 0.15 < events.mean() < 0.45  # about event_rate of the scans
+    course = np.convolve(events, canonical_hrf(2.0))[:60]
+    np.testing.assert_allclose(d.time_course.double().numpy(), course / course.max(), rtol=1e-6)
+    block = fmri_blocks(50, length=60, rho=0.5, block_length=6, seed=4)
+    np.testing.assert_array_equal(block.stimulus.numpy(), (np.arange(60) // 6) % 2)
+    sig = d.signal.reshape(50, 8, 60)
+    torch.testing.assert_close(sig, d.subject_maps[d.subject][:, :, None]
+                               + d.task_maps[d.task][:, :, None] * d.time_course)
+    with pytest.raises(ValueError, match="design"):
+        fmri_blocks(10, design="mixed")
+    with pytest.raises(ValueError, match="event_rate"):
+        fmri_blocks(10, design="event", event_rate=0.0)
