@@ -613,7 +613,7 @@ def sprites(
 
 @dataclass(frozen=True, eq=False)
 class FMRIBlocks:
-    """Runs of a synthetic block-design fMRI experiment with AR(1) noise.
+    """Runs of a synthetic block- or event-design fMRI experiment with AR(1) noise.
 
     :ivar torch.Tensor x: ``(runs, regions * length)``, region by region.
     :ivar torch.Tensor subject: ``(runs,)`` int64 subject of each run.
@@ -668,7 +668,7 @@ def fmri_blocks(
     seed: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> FMRIBlocks:
-    """A block-design fMRI experiment in miniature, with known factors and AR(1) noise.
+    """A block- (or event-) design fMRI experiment in miniature, with known factors and AR(1) noise.
 
     Each run is one subject doing one task (both uniform); each region's
     series is the subject's spatial map (a constant offset), plus the task's
@@ -684,7 +684,7 @@ def fmri_blocks(
     maps :math:`S, K` standard normal, the boxcar alternating
     ``block_length`` scans off and on (``design="event"``: an event-related
     design instead, a brief event at each scan with probability
-    ``event_rate``, one sequence for every run). With large :math:`\\rho` the
+    ``event_rate`` and at the first, one sequence for every run). With large :math:`\\rho` the
     noise drifts slowly, like a block design's signal: an independent-noise
     likelihood reads the drift as structure. An event-related time course has
     more of its power at frequencies where AR(1) noise is weak, which is where
