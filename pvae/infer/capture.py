@@ -385,10 +385,10 @@ AUTO_COMPILE_MIN_STEPS = 1000
 # steps of each (it does not always: IWAE K=5 on MNIST-8k replayed at 1.1x eager once)
 AUTO_COMPILE_MEASURE = 10
 # Runs of at least this many steps are also compiled by inductor: its first compile
-# (3-30 s on 2 CPU cores, 4-75 s on an H200) pays after 1,400-14,600 steps on the CPU
-# (train_speed.py, iwae_speed.py: 0.60-0.83x the hand loop against the graph's
-# 0.79-1.04x) and 1,500 steps on an H200 once inductor is loaded (gpu_speed.py: 0.16x
-# against the graph's 0.47x; 27,000 steps when the process compiles for the first time)
+# (1-11 s on 2 CPU cores without dynamo, 4-75 s on an H200) pays after 1,400-16,500
+# steps on the CPU (train_speed.py, iwae_speed.py: 0.58-0.84x the hand loop against the
+# graph's 0.78-0.94x) and 1,500 steps on an H200 once inductor is loaded (gpu_speed.py:
+# 0.16x against the graph's 0.47x; 27,000 steps when the process compiles for the first time)
 AUTO_INDUCTOR_MIN_STEPS = 20_000
 COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
 
