@@ -713,14 +713,15 @@ def fmri_blocks(
         raise ValueError(f"rho must lie in (-1, 1), got {rho!r}.")
     if not (isinstance(noise_scale, (int, float)) and noise_scale > 0):
         raise ValueError(f"noise_scale must be positive, got {noise_scale!r}.")
-    rng = np.random.default_rng(_resolve_seed(seed))
     if design not in ("block", "event"):
         raise ValueError(f"design must be 'block' or 'event', got {design!r}.")
     if not (isinstance(event_rate, (int, float)) and 0 < event_rate <= 1):
         raise ValueError(f"event_rate must lie in (0, 1], got {event_rate!r}.")
+    block = _check_count("block_length", block_length)
+    rng = np.random.default_rng(_resolve_seed(seed))  # after every check: bad input draws nothing
     subject_maps, task_maps = rng.normal(size=(ns, r)), rng.normal(size=(nk, r))
     if design == "block":
-        stimulus = (np.arange(t) // _check_count("block_length", block_length)) % 2
+        stimulus = (np.arange(t) // block) % 2
     else:
         stimulus = (rng.random(t) < event_rate).astype(float)
         stimulus[0] = 1.0  # at least one event

@@ -326,7 +326,7 @@ class CapturedStep(TrainStep):
         # record them again (that costs 5-10% of a replay, and under torch.compile a
         # second, joint backward graph, which also keeps CUDA graphs off their fast path)
         with torch.no_grad():
-            out = (graph or self._graph)(weight, *batch)
+            out = (self._graph if graph is None else graph)(weight, *batch)
         k = 4 if self._has_bound else 3
         values, grads = out[:k], list(out[k:])
         return StepTerms(values[0], values[1], values[2], values[3] if self._has_bound else None), grads
