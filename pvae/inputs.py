@@ -131,6 +131,16 @@ def _from_pandas(value: Any, name: str) -> np.ndarray:
         ) from None
 
 
+def _from_masked(value: np.ma.MaskedArray, name: str) -> np.ndarray:
+    """NumPy's masked entries read as NaN (np.asarray would keep the placeholders under the mask)."""
+    if value.dtype.kind not in "fc":
+        raise DataTypeError(
+            f"{name} is a masked array of dtype {value.dtype} with masked entries, which have no NaN to read "
+            f"them as. Try {name}.astype(float).filled(np.nan) with mask=~np.ma.getmaskarray({name})."
+        )
+    return value.filled(np.nan)
+
+
 # NumPy dtypes torch cannot hold (or barely operates on), read as the nearest it can.
 _WIDEN = {
     np.dtype(np.uint16): np.int64,
@@ -146,6 +156,8 @@ def _to_tensor(value: Any, name: str) -> torch.Tensor:
         return value
     if type(value).__module__.partition(".")[0] == "pandas" and hasattr(value, "to_numpy"):
         value = _from_pandas(value, name)
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        value = _from_masked(value, name)
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as err:  # ragged nested lists

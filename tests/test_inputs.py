@@ -139,6 +139,16 @@ def test_pandas_nullable_columns_become_nan():
     torch.testing.assert_close(as_data(s), torch.tensor([1.0, float("nan"), 3.0]), equal_nan=True)
 
 
+def test_masked_arrays_read_their_masked_entries_as_nan():
+    ma = np.ma.masked_array([[1.0, 2.0], [3.0, -999.0]], mask=[[0, 0], [0, 1]])
+    torch.testing.assert_close(as_data(ma), torch.tensor([[1.0, 2.0], [3.0, float("nan")]]), equal_nan=True)
+    # the placeholder never reaches a program: NaN without a mask is refused there
+    with pytest.raises(DataError, match="NaN"):
+        pvae.VAE(2, latent_dim=1, likelihood="normal").validate(as_data(ma))
+    with pytest.raises(DataTypeError, match="masked array"):
+        as_data(np.ma.masked_array([[1, 2]], mask=[[0, 1]]), "x")
+
+
 def test_fit_errors_name_the_argument(x32):
     vae = _vae()
     with pytest.raises(DataTypeError, match=r"^data must be an array .* got str\. Try .* A DataLoader"):

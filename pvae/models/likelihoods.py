@@ -58,6 +58,8 @@ __all__ = [
     "make_likelihood",
 ]
 
+RHO_MAX = 1 - 1e-4  # a learned AR(1) rho stays in (-RHO_MAX, RHO_MAX)
+
 
 class SupportError(DataError):
     """Data outside the support of the chosen likelihood (a :class:`~pvae.inputs.DataError`)."""
@@ -301,8 +303,13 @@ class _AR1Normal(_LocScale):
             raise ValueError(f"rho must be 'learned' or a number in (-1, 1), got {rho!r}.")
 
     def rho(self) -> torch.Tensor | float:
-        """:math:`\\rho = \\tanh(\\text{raw})`, one or one per region."""
-        return torch.tanh(self.raw_rho) if self.raw_rho is not None else self.fixed_rho
+        """:math:`\\rho = (1 - 10^{-4}) \\tanh(\\text{raw})`, one or one per region.
+
+        The factor keeps a learned rho off +-1, where float32's tanh rounds to 1 by
+        raw = 9 and the innovation variance :math:`\\sigma^2 (1 - \\rho^2)` would be 0
+        (a NaN log-density and NaN parameters after one step): a series whose
+        residual is constant in time drives rho there."""
+        return RHO_MAX * torch.tanh(self.raw_rho) if self.raw_rho is not None else self.fixed_rho
 
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
         return AR1Normal(raw, self.rho(), self.scale(), self.length)
@@ -419,7 +426,17 @@ class _Concatenated(dist.TorchDistribution):
 
 
 class _BondAngle(dist.VonMises):
-    """A von Mises for an angle in [0, pi]: draws and mean folded by :math:`|\\cdot|`."""
+    """A von Mises folded onto [0, pi] by :math:`|\\cdot|`, for a bond angle.
+
+    If :math:`\\theta \\sim \\mathrm{vM}(\\mu, \\kappa)` on :math:`[-\\pi, \\pi]`,
+    :math:`a = |\\theta|` has the density :math:`\\mathrm{vM}(a) + \\mathrm{vM}(-a)` on
+    :math:`[0, \\pi]`, which integrates to one there (the unfolded density alone
+    does not). ``mean`` is the folded location :math:`|\\mu|`, the point
+    reconstruction: the mode for the concentrated angles of real chains, not the
+    arithmetic mean of the draws (that has no closed form)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.logaddexp(super().log_prob(value), super().log_prob(-value))
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         return super().sample(sample_shape).abs()
@@ -452,6 +469,7 @@ class _InternalCoordinates(Likelihood):
 
     name = "internal_coordinates"
     support_text = "bonds > 0, angles in [0, pi], dihedrals in [-pi, pi]"
+    fill_value = 1.0  # inside every block's support (a bond length of 0 is not)
     hint = "features from pvae.models.internal_coordinates(xyz), concatenated"
 
     def __init__(self, input_dim: int, atoms: int | None = None) -> None:

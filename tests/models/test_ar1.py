@@ -101,6 +101,17 @@ def test_maximum_likelihood_recovers_rho_and_sigma():
     torch.testing.assert_close(lik.scale().detach(), torch.tensor([0.5, 1.0, 2.0]), atol=0.0, rtol=0.05)
 
 
+def test_a_learned_rho_stays_off_one_where_the_variance_would_vanish():
+    lik = make_likelihood("ar1_normal", 20)
+    with torch.no_grad():
+        lik.raw_rho.fill_(12.0)  # float32's tanh is exactly 1 from raw = 9
+    assert torch.tanh(lik.raw_rho).item() == 1.0 and abs(lik.rho().item()) < 1
+    x = 0.5 * torch.randn(64, 1) + torch.zeros(64, 20)  # residuals constant in time drive rho to 1
+    lp = lik(torch.zeros(64, 20)).log_prob(x).sum(-1).mean()
+    lp.backward()
+    assert torch.isfinite(lp) and all(torch.isfinite(p.grad).all() for p in lik.parameters())
+
+
 def test_support_checks_and_options():
     lik = make_likelihood("ar1_normal", 10, length=5)
     with pytest.raises(DataError, match="NaN"):

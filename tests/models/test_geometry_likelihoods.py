@@ -117,7 +117,7 @@ def test_nerf_inverts_the_internal_coordinates():
         internal_coordinates(torch.zeros(3, 3))
 
 
-def test_internal_coordinates_density_is_lognormal_bonds_plus_von_mises_angles():
+def test_internal_coordinates_density_is_lognormal_bonds_folded_von_mises_angles_von_mises_dihedrals():
     from pvae.data import chains
 
     c = chains(8, 6, seed=0, dtype=F64)
@@ -126,13 +126,36 @@ def test_internal_coordinates_density_is_lognormal_bonds_plus_von_mises_angles()
     got = lik(raw).log_prob(c.internal).sum(-1)
     nb, na, nd = 5, 4, 3
     loc = torch.atan2(raw[:, nb + na + nd:], raw[:, nb:nb + na + nd])
+    angles, dihedrals = c.internal[:, nb:nb + na], c.internal[:, nb + na:]
+    vm_angles = torch.distributions.VonMises(loc[:, :na], 1.0)
+    folded = (vm_angles.log_prob(angles).exp() + vm_angles.log_prob(-angles).exp()).log()  # |theta|'s density
     want = (torch.distributions.LogNormal(raw[:, :nb], 0.1).log_prob(c.internal[:, :nb]).sum(-1)
-            + torch.distributions.VonMises(loc, 1.0).log_prob(c.internal[:, nb:]).sum(-1))
+            + folded.sum(-1) + torch.distributions.VonMises(loc[:, na:], 1.0).log_prob(dihedrals).sum(-1))
     torch.testing.assert_close(got, want)
     with pytest.raises(SupportError, match="bonds > 0"):
         lik.check(torch.cat([-c.internal[:, :1], c.internal[:, 1:]], -1))
     with pytest.raises(ValueError, match="3 \\* atoms - 6"):
         make_likelihood("internal_coordinates", 13)
+
+
+@pytest.mark.parametrize("loc", [0.3, 1.5, -1.0, 3.0])
+@pytest.mark.parametrize("concentration", [0.5, 4.0])
+def test_bond_angle_density_integrates_to_one_on_0_pi_and_matches_its_draws(loc, concentration):
+    lik = make_likelihood("internal_coordinates", 6).double()  # 4 atoms: 3 bonds, 2 angles, 1 dihedral
+    with torch.no_grad():
+        lik.raw_concentration.fill_(math.log(concentration))
+    raw = torch.zeros(1, lik.output_dim, dtype=F64)
+    raw[0, 3:6], raw[0, 6:] = math.cos(loc), math.sin(loc)
+    angle = lik(raw).parts[1]
+    grid = torch.linspace(0, math.pi, 200_001, dtype=F64)
+    density = angle.log_prob(grid[:, None].expand(-1, 2)).exp()[:, 0]
+    assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)
+    draws = angle.sample((200_000,))[:, 0, 0]
+    assert ((draws >= 0) & (draws <= math.pi)).all()
+    # the draws' mean is the density's mean (the unfolded density's missed it by up to 0.1 rad)
+    se = draws.std().item() / math.sqrt(len(draws))
+    assert draws.mean().item() == pytest.approx(torch.trapezoid(density * grid, grid).item(), abs=4 * se)
 
 
 def test_chains_carry_their_internal_coordinates():

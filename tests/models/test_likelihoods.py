@@ -151,6 +151,11 @@ def _categories(shape):
     return torch.stack([torch.randint(0, c, shape[:-1]) for c in CARDS], dim=-1).float()
 
 
+def _internal(shape):  # 5 atoms: 4 bond lengths, 3 bond angles in [0, pi], 2 dihedrals in [-pi, pi]
+    n = shape[:-1]
+    return torch.cat([1 + torch.rand(*n, 4), math.pi * torch.rand(*n, 3), math.pi * (2 * torch.rand(*n, 2) - 1)], -1)
+
+
 D = 4  # features for every family but categorical
 FAMILIES = {
     # id: (name, kwargs, input_dim, data generator, reference)
@@ -423,9 +428,14 @@ def test_masked_log_likelihood_sums_observed_entries_only(family):
     assert got[1].item() == 0.0
 
 
-@pytest.mark.parametrize("family", sorted(MASK_FAMILIES))
+# families whose fill value matters for the gradients: a filler outside the support (a bond
+# length of 0 for a log-normal) gives log 0 = -inf under the mask, and NaN gradients
+MASK_GRADIENT_FAMILIES = {**MASK_FAMILIES, "internal_coordinates": ({}, 9, _internal)}
+
+
+@pytest.mark.parametrize("family", sorted(MASK_GRADIENT_FAMILIES))
 def test_nan_at_masked_entries_gives_finite_loss_and_gradients(family):
-    kwargs, d, gen = MASK_FAMILIES[family]
+    kwargs, d, gen = MASK_GRADIENT_FAMILIES[family]
     vae = VAE(d, latent_dim=2, hidden_dims=(8,), likelihood=family, likelihood_kwargs=kwargs)
     x = gen((8, d))
     mask = torch.rand(8, d) < 0.5
@@ -442,3 +452,11 @@ def test_nan_at_masked_entries_gives_finite_loss_and_gradients(family):
     x_other = torch.where(mask, x, torch.tensor(1.0))
     b = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x_other, mask)
     assert a.item() == b.item()
+
+
+@pytest.mark.parametrize("family", sorted(LIKELIHOODS))
+def test_every_family_fills_missing_entries_inside_its_support(family):
+    kwargs = {"cardinalities": CARDS} if family == "categorical" else {}
+    d = {"categorical": len(CARDS), "internal_coordinates": 9}.get(family, 6)
+    lik = make_likelihood(family, d, **kwargs)
+    assert lik._in_support(torch.full((2, d), lik.fill_value)).all()
