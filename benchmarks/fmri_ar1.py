@@ -52,7 +52,7 @@ from pvae.models import VAE
 def run(rho: float, likelihood: str, seed: int, args) -> dict[str, float]:
     data = fmri_blocks(args.runs + args.held_out, num_subjects=args.subjects, num_tasks=args.tasks,
                        num_regions=args.regions, length=args.length, rho=rho, subject_scale=args.subject_scale,
-                       task_scale=args.task_scale, design=args.design, seed=1000 + seed)
+                       task_scale=args.task_scale, design=args.design, block_length=args.block_length, seed=1000 + seed)
     train, test = slice(0, args.runs), slice(args.runs, None)
     factors = np.stack([data.subject.numpy(), data.task.numpy()], 1)
     onehot = np.concatenate([np.eye(args.subjects)[factors[:, 0]], np.eye(args.tasks)[factors[:, 1]]], 1)
@@ -77,7 +77,8 @@ def discriminability(rho: float, seed: int, args) -> dict[str, tuple[float, floa
     """Per factor: the mean over pairs of d^2 modelled / d^2 independent, and the mean pairwise
     Bayes accuracy of the rule that models the AR(1) noise and of the one that does not."""
     data = fmri_blocks(1, num_subjects=args.subjects, num_tasks=args.tasks, num_regions=args.regions,
-                       length=args.length, rho=rho, design=args.design, seed=1000 + seed)  # run()'s maps and design
+                       length=args.length, rho=rho, design=args.design, block_length=args.block_length,
+                       seed=1000 + seed)  # run()'s maps and design
     lag = np.arange(args.length)
     cov = data.noise_scale**2 * rho ** np.abs(lag[:, None] - lag[None, :])
     out = {}
@@ -112,6 +113,7 @@ def main() -> None:
     p.add_argument("--task-scale", type=float, default=0.6)
     p.add_argument("--design", choices=["block", "event"], default="block",
                    help="the task's time course: blocks, or brief events at random scans (pvae.data.fmri_blocks)")
+    p.add_argument("--block-length", type=int, default=6, help="scans off and on of the block design")
     p.add_argument("--latent", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--epochs", type=int, default=150)
@@ -119,7 +121,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"fmri_blocks ({args.design} design): {args.runs} train / {args.held_out} held-out runs, {args.subjects} subjects, {args.tasks} "
+    design = f"block design, {args.block_length} scans off / on" if args.design == "block" else "event design"
+    print(f"fmri_blocks ({design}): {args.runs} train / {args.held_out} held-out runs, {args.subjects} subjects, {args.tasks} "
           f"tasks, {args.regions} regions x {args.length} scans, subject scale {args.subject_scale}, task scale "
           f"{args.task_scale}, noise sd 1; VAE latent {args.latent}, hidden {args.hidden}, {args.epochs} epochs, "
           f"lr {args.lr}; seeds {args.seeds}", flush=True)
