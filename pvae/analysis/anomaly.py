@@ -315,6 +315,12 @@ class AnomalyDetector:
     normal datum exchangeable with the calibration data is flagged with
     probability :math:`\\lfloor \\alpha (n + 1) \\rfloor / (n + 1) \\le \\alpha`.
 
+    A NaN score (data with NaN entries, scored by a program run without
+    validation) has no rank: :meth:`p_value`, :meth:`p_values_of` and
+    :meth:`predict` raise a ``ValueError`` for it rather than decide, as
+    :meth:`calibrate` refuses non-finite null scores; :meth:`score` and
+    :meth:`zscore` pass it through. Infinite scores rank as usual.
+
     :param program: a fitted pvae program, or anything with ``model`` and ``guide``.
     :param str score: ``"nll"``, ``"iwae"`` or ``"pearson"``. Default ``"nll"``.
     :param int num_particles: draws of z per datum for the score. Default 16.
@@ -391,10 +397,28 @@ class AnomalyDetector:
         null = self._null()
         return (self.score(*args, **kwargs) - null.mean()) / null.std()
 
+    @staticmethod
+    def _check_scores(scores: torch.Tensor) -> torch.Tensor:
+        """Refuse NaN scores: a NaN is neither above nor below a threshold, so it has no p-value."""
+        scores = torch.as_tensor(scores)
+        bad = torch.isnan(scores)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} of {scores.numel()} scores are NaN (first at index "
+                f"{bad.flatten().nonzero()[0].item()}): a NaN score has no p-value and no decision. "
+                "Try checking those data for NaN entries (or a program run without validation)."
+            )
+        return scores
+
     def p_values_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """Conformal p-values of given scores: :math:`(1 + \\#\\{i : s_i \\ge s\\}) / (n + 1)`."""
+        """Conformal p-values of given scores: :math:`(1 + \\#\\{i : s_i \\ge s\\}) / (n + 1)`.
+
+        :raises ValueError: for a NaN score (as :meth:`predict`); :math:`+\\infty`
+            gets :math:`1/(n+1)` and is flagged, :math:`-\\infty` gets 1.
+        """
         null = self._null()
         n = null.numel()
+        scores = self._check_scores(scores)
         at_least = n - torch.searchsorted(null, scores.to(null.dtype).contiguous(), right=False)
         return (1 + at_least).to(null.dtype) / (n + 1)
 
@@ -436,5 +460,7 @@ class AnomalyDetector:
 
         :param args: the program's positional arguments, e.g. ``x``.
         :param float fpr: target false-positive rate. Default 0.05.
+        :raises ValueError: for a datum whose score is NaN (as :meth:`p_value`).
         """
-        return self.score(*args, **kwargs) > self.threshold(fpr)
+        threshold = self.threshold(fpr)
+        return self._check_scores(self.score(*args, **kwargs)) > threshold

@@ -93,6 +93,9 @@ def fit_latent_predictor(
         molecules) are dropped.
     :param float validation_fraction: share of the rows held out to report
         the predictor's ``r2``. Default 0.1.
+    :param int seed: of the initial weights, the held-out rows and the minibatch
+        order, drawn from private generators: the caller's global torch RNG
+        stream is left as it was. Default 0.
     :returns: the predictor, in eval mode, with ``r2`` set.
     :raises DataError: if ``targets`` does not have one finite value per row,
         or fewer than two finite values remain.
@@ -110,8 +113,11 @@ def fit_latent_predictor(
     order = torch.randperm(len(z), generator=generator)
     held = int(len(z) * validation_fraction)
     test, train = order[:held], order[held:]
-    torch.manual_seed(seed)
-    predictor = LatentPredictor(z.shape[-1], hidden_dims).to(z.dtype)
+    # the initial weights come from ``seed`` on the CPU generator, inside a fork so that the
+    # caller's global RNG stream is left as it was (torch.manual_seed would reset it)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        predictor = LatentPredictor(z.shape[-1], hidden_dims).to(z.dtype)
     predictor.target_loc.fill_(float(y[train].mean()))
     predictor.target_scale.fill_(float(y[train].std().clamp_min(1e-8)) if len(train) > 1 else 1.0)
     optimizer = torch.optim.Adam(predictor.parameters(), lr=learning_rate, weight_decay=weight_decay)

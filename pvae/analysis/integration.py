@@ -111,23 +111,67 @@ def batch_asw(embedding: Any, batch: Any, cell_type: Any) -> float:
     """scib's batch ASW: :math:`\\frac{1}{K} \\sum_k \\frac{1}{|C_k|} \\sum_{i \\in C_k} (1 - |s_\\text{batch}(i)|)`.
 
     The silhouette of the batch labels is taken among the cells of each cell
-    type :math:`C_k` (types present in one batch only are skipped, as scib
-    does). 1: inside every type the batches overlap; 0: they are apart.
+    type :math:`C_k`. As scib does, a type is skipped (left out of the mean
+    over types) when its silhouette is undefined: when its cells come from one
+    batch only, or from as many batches as it has cells (every batch a single
+    cell, e.g. a rare type of 3 cells from 3 batches). 1: inside every type the
+    batches overlap; 0: they are apart.
 
     :param embedding: ``(cells, dim)``.
     :param batch: ``(cells,)`` batch labels.
     :param cell_type: ``(cells,)`` cell-type labels.
+    :raises ValueError: when every type is skipped (no type has cells of at
+        least two batches and more cells than batches).
     """
     z, s, k = _as_arrays(embedding, batch, cell_type)
     scores = []
     for t in range(int(k.max()) + 1):
         inside = k == t
-        if len(np.unique(s[inside])) < 2 or inside.sum() < 3:
+        if not _asw_defined(s[inside]):
             continue
         scores.append(float((1 - np.abs(silhouette_samples(z[inside], s[inside]))).mean()))
     if not scores:
-        raise ValueError("batch ASW needs a cell type present in at least two batches.")
+        raise ValueError("batch ASW needs a cell type with cells from at least two batches and more cells "
+                         "than batches; every type here has one batch, or one cell per batch.")
     return float(np.mean(scores))
+
+
+def _asw_defined(batches: np.ndarray) -> bool:
+    """Whether one type's batch silhouette is defined: 2 <= batches <= cells - 1 (scikit-learn, scib)."""
+    return 2 <= len(np.unique(batches)) < len(batches)
+
+
+def _subsample(s: np.ndarray, t: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """Indices of a random subset of ``max_cells`` cells, topped up (a few cells over ``max_cells``,
+    appended) where the subset lost what a measure needs and the full data have: every batch and
+    every cell type, one type whose batch ASW is defined, and more cells than types."""
+    rng = np.random.default_rng(seed)
+    n = len(s)
+    keep = rng.choice(n, size=max_cells, replace=False)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[keep] = True
+    added: list[int] = []
+
+    def add(candidates: np.ndarray) -> None:
+        i = int(candidates[rng.integers(len(candidates))])
+        chosen[i] = True
+        added.append(i)
+
+    for labels in (s, t):
+        for value in np.setdiff1d(labels, labels[chosen]):
+            add(np.flatnonzero(labels == value))
+    types = [u for u in np.unique(t) if _asw_defined(s[t == u])]
+    if types and not any(_asw_defined(s[chosen & (t == u)]) for u in types):
+        u = max(types, key=lambda u: int((chosen & (t == u)).sum()))
+        while not _asw_defined(s[chosen & (t == u)]):
+            spare = ~chosen & (t == u)
+            have = np.unique(s[chosen & (t == u)])
+            # a second batch first; then a second cell of a batch already in
+            pick = spare & (~np.isin(s, have) if len(have) < 2 else np.isin(s, have))
+            add(np.flatnonzero(pick if pick.any() else spare))
+    while chosen.sum() <= len(np.unique(t)) < n:  # a silhouette needs more cells than labels
+        add(np.flatnonzero(~chosen))
+    return np.concatenate([keep, np.asarray(added, dtype=keep.dtype)])
 
 
 def cell_type_asw(embedding: Any, cell_type: Any) -> float:
@@ -188,12 +232,20 @@ def integration_metrics(embedding: Any, batch: Any, cell_type: Any, k: int = 50,
     :param int k: neighbours of the batch mixing entropy. Default 50.
     :param int k_accuracy: neighbours of the kNN accuracy. Default 15.
     :param int max_cells: evaluate on a random subset of this many cells (the
-        silhouettes cost :math:`O(N^2)`); None: all. Default 10000.
+        silhouettes cost :math:`O(N^2)`); None: all. Default 10000. Where the
+        random subset lacks something a measure needs that the full data have
+        (a batch, a cell type, a type whose batch ASW is defined), a few cells
+        are added to it, so that subsampling never makes a measure fail.
     :param int seed: of the subset.
+    :raises ValueError: when a measure is undefined on the full data (e.g. one
+        batch), or for a ``k`` (``k_accuracy``) not below the number of cells evaluated.
     """
     z, s, t = _as_arrays(embedding, batch, cell_type)
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
+                                  or max_cells < 1):
+        raise ValueError(f"max_cells must be a positive integer or None, got {max_cells!r}.")
     if max_cells is not None and z.shape[0] > max_cells:
-        keep = np.random.default_rng(seed).choice(z.shape[0], size=max_cells, replace=False)
+        keep = _subsample(s, t, int(max_cells), seed)
         z, s, t = z[keep], s[keep], t[keep]
     return IntegrationMetrics(
         batch_mixing=batch_mixing_entropy(z, s, k),

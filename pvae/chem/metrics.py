@@ -26,7 +26,7 @@ PROPERTIES = {"qed": qed, "logp": logp, "sa": sa_score, "weight": molecular_weig
 def _read_patterns(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(name, SMARTS) pairs of a filter file: MOSES's ``mcf.csv`` (a ``names,smarts``
     header) or ``wehi_pains.csv`` (no header; ``smarts,<regId=name>`` rows)."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         rows = [[field.strip() for field in row] for row in csv.reader(handle) if row]
     if not rows:
         raise ValueError(f"{path}: no SMARTS patterns.")

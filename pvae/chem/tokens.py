@@ -29,6 +29,7 @@ import gzip
 import itertools
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -52,18 +53,30 @@ SMILES_PATTERN = re.compile(
 Kind = Literal["smiles", "selfies"]
 
 
+def _is_smiles_text(text: str) -> bool:
+    """Whether ``text`` is a run of SMILES tokens (every valid SMILES is; a column name rarely is)."""
+    return bool(text) and "".join(SMILES_PATTERN.findall(text)) == text
+
+
 def load_smiles(path: str | os.PathLike, limit: int | None = None, column: str = "SMILES") -> list[str]:
     """Read SMILES strings from a text or CSV file, gzip or plain (MOSES's
     ``train.csv.gz``: a ``SMILES`` header, one molecule a line).
 
-    The column is ``column`` when the first line names it (other columns,
-    e.g. MOSES's ``SPLIT``, are ignored), else the first field of every line.
-    Blank lines are skipped; strings are not parsed (RDKit, not this loader,
-    says which molecules are valid).
+    The file is UTF-8, with or without a byte-order mark. The first line is a
+    header when one of its fields is ``column``, compared without case and
+    surrounding spaces (``SMILES``, ``smiles``, ``Smiles``); the molecules are
+    then that column (other columns, e.g. MOSES's ``SPLIT``, are ignored).
+    Without such a header every line's first field is a molecule, and a first
+    line of several fields must be a header. A one-field first line is a
+    molecule unless it names ``column``: a first line that is not a string of
+    SMILES tokens (e.g. a header ``smi`` with the default ``column``) is kept,
+    with a warning that says to pass ``column=`` if it is a header; a file of
+    molecules never loses its first one. Blank lines are skipped; strings are
+    not parsed (RDKit, not this loader, says which molecules are valid).
 
     :param path: the file (``.gz`` is decompressed).
     :param int limit: read at most this many molecules (the first ones). Default all.
-    :param str column: the header of the SMILES column. Default ``"SMILES"``.
+    :param str column: the header of the SMILES column, any case. Default ``"SMILES"``.
     :returns: a list of strings.
     :raises FileNotFoundError: naming the path.
     :raises DataError: for a file without any molecule or a header without ``column``.
@@ -74,14 +87,19 @@ def load_smiles(path: str | os.PathLike, limit: int | None = None, column: str =
     if not file.is_file():
         raise FileNotFoundError(f"no SMILES file at {str(file)!r}. Pass the path of e.g. MOSES's train.csv.gz.")
     opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", newline="") as handle:
+    with opener(file, "rt", newline="", encoding="utf-8-sig") as handle:
         rows = (row for row in csv.reader(handle) if row and row[0].strip())
         first = next(rows, [])
-        if column in first:
-            index = first.index(column)
+        names = [field.strip().casefold() for field in first]
+        if column.strip().casefold() in names:
+            index = names.index(column.strip().casefold())
         elif len(first) > 1:
             raise DataError(f"{file}: the header {first} has no column {column!r}. Try column=...")
         else:
+            if first and not _is_smiles_text(first[0].strip()):
+                warnings.warn(
+                    f"{file}: the first line {first[0].strip()!r} is not a SMILES string but is read as a "
+                    f"molecule; if it is a header, try column={first[0].strip()!r}.", stacklevel=2)
             index, rows = 0, itertools.chain([first], rows)
         smiles = [row[index].strip() for row in itertools.islice((r for r in rows if len(r) > index), limit)]
     if not smiles:

@@ -127,8 +127,9 @@ def _is_number(cell: str) -> bool:
 def load_csv(path: str | os.PathLike) -> Dataset:
     """Load a numeric CSV file as a data matrix (one row per data point).
 
-    The first row is taken as a header when any of its cells is not a number.
-    Empty cells and ``NA``, ``NaN``, ``N/A``, ``null`` (any case) are missing
+    The file is UTF-8 text, with or without a byte-order mark (Excel's "CSV
+    UTF-8" writes one). The first row is taken as a header when any of its
+    cells is not a number. Empty cells and ``NA``, ``NaN``, ``N/A``, ``null`` (any case) are missing
     values and become NaN: pass ``mask=~torch.isnan(x)`` to the program.
 
     :param path: the CSV file.
@@ -144,7 +145,7 @@ def load_csv(path: str | os.PathLike) -> Dataset:
     if not file.is_file():
         raise FileNotFoundError(f"CSV file not found: {file}. Try the path of an existing numeric CSV file.")
     try:
-        with open(file, newline="", encoding="utf-8") as f:
+        with open(file, newline="", encoding="utf-8-sig") as f:
             lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 numeric CSV.") from None
@@ -352,7 +353,7 @@ class CausalData:
 def _read_ihdp_csv(file: Path) -> np.ndarray:
     rows = []
     try:
-        with open(file, newline="", encoding="utf-8") as f:
+        with open(file, newline="", encoding="utf-8-sig") as f:
             for line_no, row in enumerate(csv.reader(f), start=1):
                 if not row or all(not cell.strip() for cell in row):
                     continue

@@ -137,7 +137,7 @@ class MSA:
 
 def _read_records(file: Path) -> list[tuple[str, str]]:
     records: list[tuple[str, list[str]]] = []
-    with open(file, encoding="utf-8") as f:
+    with open(file, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.strip()
             if not line:

@@ -9,6 +9,11 @@ batch); :func:`write_latent` stores an embedding in
 :func:`read_counts` reads any rows of the matrix, the one reader behind both,
 so a streaming loader can take a backed file a block of rows at a time.
 
+Missing values are refused, never guessed: a count that is not a
+non-negative whole number, and a cell whose batch (label) is missing
+(NaN or None in ``adata.obs``), raise a :class:`~pvae.inputs.DataError`
+rather than becoming a silent extra batch named ``"nan"``.
+
 Batch codes follow the sorted batch names unless ``batch_categories`` are
 given: pass the training data's ``CountData.batch_categories`` when reading
 new data for a trained model, so that codes mean the same batches, and a batch
@@ -81,29 +86,65 @@ def _matrix(adata: Any, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
+def _row_index(rows: Sequence[int] | np.ndarray | torch.Tensor, n: int) -> np.ndarray:
+    """Integer row indices (a bool mask, or negative indices counting from the end) as int64 in 0..n-1."""
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().numpy()
+    index = np.asarray(rows)
+    if index.dtype == bool:
+        if index.shape != (n,):
+            raise IndexError(f"a boolean row mask must have shape ({n},) (one per cell), got {index.shape}.")
+        return np.flatnonzero(index)
+    if index.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if index.ndim != 1 or index.dtype.kind not in "iu":
+        raise IndexError(f"rows must be a 1-D sequence of integer indices, a bool mask or a slice, got {rows!r}.")
+    index = index.astype(np.int64)
+    if index.min() < -n or index.max() >= n:
+        raise IndexError(f"row indices must lie in -{n}..{n - 1} for {n} cells, "
+                         f"got {int(index.min())}..{int(index.max())}.")
+    return np.where(index < 0, index + n, index)
+
+
 def read_counts(adata: Any, rows: Sequence[int] | slice | None = None, layer: str | None = "counts",
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Rows of the count matrix as a dense float tensor, checked to be counts.
 
-    Dense arrays, SciPy sparse matrices and backed (on-disk) matrices all
-    read the same way; only the requested rows are read.
+    Dense arrays, SciPy sparse matrices and backed (on-disk) matrices, dense or
+    sparse, all read the same way; only the requested rows are read, and they
+    come back in the order asked (a backed file is read in increasing row
+    order, then reordered; repeated rows are read once).
 
     :param adata: an ``anndata.AnnData`` (backed or in memory).
-    :param rows: row indices or a slice; None: all cells.
+    :param rows: integer row indices (in any order, negative ones counting from
+        the end), a bool mask of the cells, or a slice; None: all cells.
     :param str layer: a key of ``adata.layers``, or None for ``adata.X``.
         Default ``"counts"``, where scvi-tools' users keep raw counts.
     :param dtype: Default ``torch.get_default_dtype()``.
     :raises DataError: for a missing layer, or entries that are not
         non-negative whole numbers (normalised or log-transformed data).
+    :raises IndexError: for row indices out of range.
     """
     block = _matrix(adata, layer)
-    if rows is not None:
+    inverse = None
+    if rows is None:
+        if not isinstance(block, np.ndarray) and hasattr(block, "to_memory"):
+            block = block.to_memory()  # a backed sparse matrix: np.asarray of it is a 0-d object array
+    elif isinstance(rows, slice):
         block = block[rows]
+    else:
+        index = _row_index(rows, int(adata.n_obs))
+        if index.size > 1 and not (np.diff(index) > 0).all():
+            # backed (HDF5) matrices read only strictly increasing rows: read those, then reorder
+            index, inverse = np.unique(index, return_inverse=True)
+        block = block[index]
     if hasattr(block, "toarray"):
         block = block.toarray()
     block = np.asarray(block)
     if block.ndim != 2:
         raise DataError(f"the count matrix must be 2-D (cells, genes), got shape {block.shape}.")
+    if inverse is not None:
+        block = block[inverse.reshape(-1)]
     if block.dtype.kind not in "biuf":
         raise DataError(f"the count matrix must be numeric, got dtype {block.dtype}.")
     bad = ~np.isfinite(block) | (block < 0) | (block != np.floor(block)) if block.dtype.kind == "f" else block < 0
@@ -123,7 +164,16 @@ def _codes(adata: Any, key: str, categories: Sequence[str] | None, what: str) ->
         raise DataError(
             f"adata.obs has no column {key!r} for the {what}; its columns are {list(adata.obs.columns)}."
         )
-    values = adata.obs[key].astype(str).to_numpy()
+    column = adata.obs[key]
+    missing = column.isna().to_numpy()
+    if missing.any():
+        first = str(adata.obs_names[int(np.flatnonzero(missing)[0])])
+        raise DataError(
+            f"adata.obs[{key!r}] has no {what} for {int(missing.sum())} of {len(missing)} cells (missing values, "
+            f"e.g. cell {first!r}); a missing {what} is not a {what} of its own. Try dropping those cells "
+            f"(adata[adata.obs[{key!r}].notna()]) or naming their {what} explicitly."
+        )
+    values = column.astype(str).to_numpy()
     if categories is None:
         categories = tuple(sorted(set(values)))
     categories = tuple(str(c) for c in categories)
@@ -167,7 +217,8 @@ def from_anndata(
     :param dtype: of the counts. Default ``torch.get_default_dtype()``.
     :param bool stream: return a :class:`~pvae.data.CountDataset` that reads rows on
         demand (for a backed file) instead of reading the matrix. Default False.
-    :raises DataError: for a missing layer or column, non-count entries, or a
+    :raises DataError: for a missing layer or column, non-count entries, a cell
+        without a batch (label), i.e. a missing value (NaN, None) in the column, or a
         batch (label) not among ``batch_categories`` (``label_categories``).
     """
     anndata = require_anndata()

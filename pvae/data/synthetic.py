@@ -644,9 +644,30 @@ class FMRIBlocks:
 
 def canonical_hrf(tr: float = 2.0, duration: float = 32.0) -> np.ndarray:
     """SPM's canonical double-gamma haemodynamic response sampled every ``tr`` seconds,
-    :math:`h(t) = \\frac{t^5 e^{-t}}{5!} - \\frac16 \\frac{t^{15} e^{-t}}{15!}`, scaled to peak 1."""
+    :math:`h(t) = \\frac{t^5 e^{-t}}{5!} - \\frac16 \\frac{t^{15} e^{-t}}{15!}`, scaled to peak 1.
+
+    The samples are at :math:`t = 0, \\mathrm{tr}, 2\\,\\mathrm{tr}, \\dots < \\mathrm{duration}`;
+    :math:`h(0) = 0` and :math:`h > 0` only for :math:`0 < t < 12.07` s (then the undershoot), so
+    ``tr`` must put a sample in that positive lobe, which also makes ``h[1] > 0``.
+
+    :param float tr: seconds between samples, positive. Default 2.
+    :param float duration: seconds covered, greater than ``tr``. Default 32.
+    :raises ValueError: for a ``tr`` or ``duration`` that samples no positive response
+        (``tr <= 0``, ``tr >= duration``, or ``tr`` of 12.07 s or more), which could not be
+        scaled to peak 1.
+    """
+    for name, value in (("tr", tr), ("duration", duration)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
+    if tr >= duration:
+        raise ValueError(f"tr must be below duration to sample the response more than once, got tr={tr!r} "
+                         f">= duration={duration!r}. Try a smaller tr (e.g. 2.0) or a longer duration.")
     t = np.arange(0.0, duration, tr)
     h = t**5 * np.exp(-t) / math.factorial(5) - t**15 * np.exp(-t) / math.factorial(15) / 6
+    if not h.max() > 0:
+        raise ValueError(f"tr={tr!r} s samples only h(0) = 0 and the undershoot of the response (positive "
+                         "for 0 < t < 12.07 s only), so it cannot be scaled to peak 1. Try tr < 12 s (e.g. 2.0).")
     return h / h.max()
 
 
@@ -706,6 +727,12 @@ def fmri_blocks(
     :param int seed: seed of a private NumPy generator; None seeds it from the
         global torch RNG.
     :param dtype: Default ``torch.get_default_dtype()``.
+    :raises ValueError: for an invalid argument, before anything is drawn (no draw from the
+        global torch RNG either); in particular for a design whose time course would be all
+        zeros (it could not be scaled to peak 1): the block design needs
+        ``length >= block_length + 2`` (an "on" scan and one after it, where the HRF is
+        first positive), the event design ``length >= 2``; and for a ``tr`` that
+        :func:`canonical_hrf` rejects.
     """
     n, r, t = _check_count("num_runs", num_runs), _check_count("num_regions", num_regions), _check_count("length", length)
     ns, nk = _check_count("num_subjects", num_subjects), _check_count("num_tasks", num_tasks)
@@ -718,6 +745,17 @@ def fmri_blocks(
     if not (isinstance(event_rate, (int, float)) and 0 < event_rate <= 1):
         raise ValueError(f"event_rate must lie in (0, 1], got {event_rate!r}.")
     block = _check_count("block_length", block_length)
+    hrf = canonical_hrf(tr)  # checks tr; hrf[0] = 0 < hrf[1]
+    # the course is 0 up to one scan after the first "on" scan, where it is hrf[1] > 0: it needs
+    # that scan for its peak (a course of zeros cannot be scaled to peak 1)
+    first_on = block if design == "block" else 0
+    if first_on + 1 >= t:
+        fix = (f"Try length >= block_length + 2 = {block + 2}, or a block_length <= length - 2 = {t - 2}"
+               if design == "block" else "Try length >= 2")
+        raise ValueError(
+            f"the {design} design of length={t} scans has no response to scale to peak 1: the HRF is 0 at "
+            f"the first 'on' scan (scan {first_on}) and needs a scan after it. {fix}."
+        )
     rng = np.random.default_rng(_resolve_seed(seed))  # after every check: bad input draws nothing
     subject_maps, task_maps = rng.normal(size=(ns, r)), rng.normal(size=(nk, r))
     if design == "block":
@@ -725,7 +763,7 @@ def fmri_blocks(
     else:
         stimulus = (rng.random(t) < event_rate).astype(float)
         stimulus[0] = 1.0  # at least one event
-    course = np.convolve(stimulus, canonical_hrf(tr))[:t]
+    course = np.convolve(stimulus, hrf)[:t]
     course = course / course.max()
     subject, task = rng.integers(ns, size=n), rng.integers(nk, size=n)
     signal = (subject_scale * subject_maps[subject][:, :, None]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import pyro
 import torch
 from scipy import stats
 
@@ -156,3 +157,25 @@ def test_nll_score_of_a_vae_in_chunks_matches_one_pass():
     torch.testing.assert_close(anomaly_scores(vae, x, batch_size=7), anomaly_scores(vae, x))
     expected = -torch.distributions.Poisson(positive(torch.zeros(4))).log_prob(x).sum(-1)
     torch.testing.assert_close(anomaly_scores(vae, x, score="nll"), expected)
+
+
+def test_nan_scores_are_refused_alike_by_p_values_and_predict(calibrated, monkeypatch):
+    """A NaN score used to get the smallest p-value (flagged) while ``score > threshold`` said
+    not flagged; both now refuse it, and infinite scores still get matching decisions."""
+    oracle, detector = calibrated
+    for method in (detector.p_values_of, lambda s: s > detector.threshold(FPR)):
+        method(torch.tensor([1e9, 0.0]))  # fine without a NaN
+    with pytest.raises(ValueError, match="1 of 2 scores are NaN.*index 0"):
+        detector.p_values_of(torch.tensor([math.nan, 1e9]))
+    x = oracle.sample(3)
+    x[1, 0] = math.nan
+    with pyro.validation_enabled(False):  # a program run without validation scores NaN data as NaN
+        assert torch.isnan(detector.score(x)).tolist() == [False, True, False]
+        with pytest.raises(ValueError, match="1 of 3 scores are NaN.*index 1"):
+            detector.p_value(x)
+        with pytest.raises(ValueError, match="1 of 3 scores are NaN.*index 1"):
+            detector.predict(x, fpr=FPR)
+    monkeypatch.setattr(detector, "score", lambda *args, **kwargs: torch.tensor([math.inf, -math.inf, 0.0]))
+    flags = detector.predict(x, fpr=FPR)
+    assert flags.tolist() == [True, False, False]
+    assert torch.equal(flags, detector.p_value(x) <= FPR)

@@ -112,3 +112,26 @@ def test_fit_latent_predictor_recovers_a_smooth_property():
         fit_latent_predictor(IdentityProgram(), x, y[:10])
     with pytest.raises(DataError, match="two finite"):
         fit_latent_predictor(IdentityProgram(), x[:3], [np.nan, np.nan, 1.0])
+
+
+def test_fit_latent_predictor_leaves_the_callers_rng_stream_alone():
+    """It used to call torch.manual_seed(seed): the draws after it were the same whatever the caller seeded."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 2, generator=g)
+    y = x[:, 0] - x[:, 1] ** 2
+    draws, fits = [], []
+    for user_seed in (1, 2, 1):
+        torch.manual_seed(user_seed)
+        state = torch.random.get_rng_state()
+        fits.append(fit_latent_predictor(IdentityProgram(), x, y, hidden_dims=(8,), num_epochs=2, seed=5))
+        assert torch.equal(torch.random.get_rng_state(), state)  # untouched, not just different
+        draws.append(torch.randn(3))
+    assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+    # the fit depends on seed only, and its initial weights are those of torch.manual_seed(seed)
+    for a, b in zip(fits[0].state_dict().values(), fits[1].state_dict().values()):
+        assert torch.equal(a, b)
+    torch.manual_seed(5)
+    init = type(fits[0])(2, (8,))
+    again = fit_latent_predictor(IdentityProgram(), x, y, hidden_dims=(8,), num_epochs=0, seed=5)
+    for name, value in init.net.state_dict().items():
+        assert torch.equal(again.net.state_dict()[name], value), name

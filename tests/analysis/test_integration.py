@@ -85,3 +85,45 @@ def test_bad_input_is_refused():
         knn_accuracy(z, labels, k=len(labels))
     with pytest.raises(ValueError, match="NaN"):
         cell_type_asw(np.full_like(z, np.nan), labels)
+
+
+def test_batch_asw_skips_a_type_with_one_cell_per_batch_as_scib_does():
+    """A rare type of 3 cells from 3 batches has no batch silhouette (scikit-learn needs
+    2 <= batches <= cells - 1); it used to crash the whole measure."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(63, 4))
+    batch = np.array(["a", "b"] * 30 + ["a", "b", "c"])
+    ctype = np.array(["T"] * 60 + ["R"] * 3)
+    assert batch_asw(z, batch, ctype) == batch_asw(z[:60], batch[:60], ctype[:60])  # R left out
+    m = integration_metrics(z, batch, ctype, k=10)
+    assert m.batch_asw == batch_asw(z[:60], batch[:60], ctype[:60])
+    with pytest.raises(ValueError, match="more cells than batches"):
+        batch_asw(z[60:], batch[60:], ctype[60:])  # the rare type alone: nothing left
+
+
+def _rare_batch_data(n=1000):
+    """Batch "b" holds 2 of n cells, both of a rare type "R" (5 cells): a random tenth of the
+    cells usually misses batch b, and with it every type whose batch ASW is defined."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(n, 3))
+    ctype = np.array(["T"] * (n - 5) + ["R"] * 5)
+    batch = np.array(["a"] * (n - 2) + ["b"] * 2)
+    return z, batch, ctype
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_subsampling_never_makes_integration_metrics_fail(seed):
+    z, batch, ctype = _rare_batch_data()
+    m = integration_metrics(z, batch, ctype, k=10, max_cells=100, seed=seed)
+    for name, value in m.to_dict().items():
+        assert 0.0 <= value <= 1.0, (name, value)
+    with pytest.raises(ValueError, match="two batches"):  # undefined on the full data: still an error
+        integration_metrics(z, np.array(["a"] * len(z)), ctype, k=10, max_cells=100, seed=seed)
+
+
+def test_subsample_is_the_plain_random_subset_when_nothing_is_missing():
+    z, types = _separated(groups=2, n_per=100)
+    batch = np.array(["a", "b"] * 100)
+    keep = np.random.default_rng(7).choice(200, size=150, replace=False)
+    sub = integration_metrics(z, batch, types, k=10, max_cells=150, seed=7)
+    assert sub == integration_metrics(z[keep], batch[keep], types[keep], k=10, max_cells=None)

@@ -15,6 +15,7 @@ from pvae.data import (
     CausalData,
     check_data,
     ihdp_split,
+    load_csv,
     load_digits,
     load_ihdp,
     load_mnist,
@@ -57,7 +58,10 @@ def test_mnist_real_test_file():
     assert ds.x.shape == (10000, 784) and ds.x.dtype == torch.float32
     assert ds.name == "mnist-test"
     assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
-    assert torch.bincount(ds.y, minlength=10).sum() == 10000
+    # the published class counts of the MNIST test set (LeCun et al.; e.g. torchvision's MNIST(train=False))
+    counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert torch.bincount(ds.y, minlength=10).tolist() == counts
+    assert ds.x.sum(1).min() > 0 and len(torch.unique(ds.x[:100], dim=0)) == 100  # no blank or repeated images
     with gzip.open(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", "rb") as f:
         first_label = f.read(9)[8]  # 8 header bytes: magic, count
     assert int(ds.y[0]) == first_label
@@ -214,3 +218,25 @@ def test_check_data_errors_and_passes():
         check_data(x, allow_nan=True)
     ints = check_data(torch.arange(6).reshape(3, 2).t())
     assert ints.dtype == torch.float32 and ints.is_contiguous() and ints.shape == (2, 3)
+
+
+# ---------------------------------------------------------------- byte-order marks (Excel's "CSV UTF-8")
+BOM = "\ufeff".encode("utf-8")  # EF BB BF
+
+
+def test_load_csv_byte_order_mark_is_neither_data_loss_nor_a_header(tmp_path):
+    headerless = tmp_path / "bom.csv"
+    headerless.write_bytes(BOM + b"1,2\n3,4\n5,6\n")
+    assert load_csv(headerless).x.tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]  # row (1, 2) kept
+    header = tmp_path / "bom_header.csv"
+    header.write_bytes(BOM + b"a,b\n1,NA\n")
+    x = load_csv(header).x
+    assert x.shape == (1, 2) and x[0, 0] == 1.0 and torch.isnan(x[0, 1])
+
+
+def test_ihdp_csv_with_byte_order_mark(tmp_path):
+    plain = _write_csv(tmp_path / "plain.csv", [_ihdp_row(1.0), _ihdp_row(0.0)])
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(BOM + plain.read_bytes())
+    a, b = load_ihdp(plain), load_ihdp(bom)
+    assert torch.equal(a.x, b.x) and torch.equal(a.t, b.t) and torch.equal(a.y, b.y)

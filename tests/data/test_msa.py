@@ -178,3 +178,14 @@ def test_p53_alignment():
     letters = np.array(list(msa.focus_sequence))
     assert "".join(letters[msa.positions.numpy() - 1]) == decode_sequences(msa.wild_type[None])[0]
     assert msa.positions[0] == 45 and msa.positions[-1] == 374
+
+
+def test_alignment_with_byte_order_mark_reads_as_without(tmp_path):
+    """A BOM before the first '>' used to read as sequence text before the first header."""
+    plain = load_msa(_write(tmp_path, HAND_MADE))
+    file = tmp_path / "bom.a2m"
+    file.write_bytes("\ufeff".encode("utf-8") + HAND_MADE.encode("utf-8"))
+    bom = load_msa(file)
+    assert torch.equal(bom.codes, plain.codes) and bom.names == plain.names
+    assert bom.focus_sequence == plain.focus_sequence and torch.equal(bom.positions, plain.positions)
+    assert torch.equal(bom.weights, plain.weights) and bom.start == plain.start

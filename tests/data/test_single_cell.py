@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -101,3 +102,38 @@ def test_bad_anndata_input_gets_clear_errors():
         write_latent(adata, np.zeros((3, 2)))
     one = from_anndata(adata, batch_key=None)
     assert one.batch_categories == ("0",) and int(one.batch.max()) == 0
+
+
+@pytest.mark.parametrize("fmt", ["sparse", "dense"])
+def test_backed_files_read_in_full_and_in_any_row_order(tmp_path, fmt):
+    """A backed sparse matrix read whole (rows=None) used to fail as a 0-d "shape ()" matrix, and
+    unsorted rows of a backed dense one hit h5py's "increasing order" error."""
+    _, counts = _adata(n=20, genes=5, seed=3)
+    adata = anndata.AnnData(X=sparse.csr_matrix(counts) if fmt == "sparse" else counts)
+    adata.obs["batch"] = np.array(["a", "b"])[np.arange(20) % 2]
+    adata.write_h5ad(tmp_path / "c.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    assert np.array_equal(read_counts(backed, layer=None).numpy(), counts)
+    data = from_anndata(backed, layer=None)
+    assert np.array_equal(data.counts.numpy(), counts) and data.batch.tolist() == [0, 1] * 10
+    for rows in ([5, 1], [7, 2, 7, 0], np.array([19, -20]), [], np.arange(20) % 3 == 0):
+        want = counts[np.asarray(rows, dtype=bool if isinstance(rows, np.ndarray) and rows.dtype == bool else int)]
+        got = read_counts(backed, rows, layer=None)
+        assert got.shape == want.shape and np.array_equal(got.numpy(), want), rows
+    with pytest.raises(IndexError, match="0..19|-20..19"):
+        read_counts(backed, [3, 20], layer=None)
+
+
+@pytest.mark.parametrize("key", ["batch", "cell_type"])
+@pytest.mark.parametrize("missing", ["categorical", "object"])
+def test_missing_batch_or_label_is_refused_not_a_category_named_nan(key, missing):
+    adata, _ = _adata()
+    values = list(adata.obs[key])
+    values[4] = None if missing == "categorical" else np.nan
+    adata.obs[key] = pd.Categorical(values) if missing == "categorical" else np.array(values, dtype=object)
+    with pytest.raises(DataError, match=rf"adata.obs\['{key}'\] has no (batch|label) for 1 of 30 cells.*'4'"):
+        from_anndata(adata, labels_key="cell_type")
+    adata.obs[key] = adata.obs[key].astype(str).replace({"None": "nan"})  # the string "nan" is a real name
+    data = from_anndata(adata, labels_key="cell_type")
+    categories = data.batch_categories if key == "batch" else data.label_categories
+    assert "nan" in categories

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,36 @@ def test_fmri_event_design_is_the_hrf_convolved_event_train_shared_by_every_run(
         fmri_blocks(10, design="mixed")
     with pytest.raises(ValueError, match="event_rate"):
         fmri_blocks(10, design="event", event_rate=0.0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(length=6, block_length=6),   # no "on" scan at all
+    dict(length=7, block_length=6),   # an "on" scan, but the HRF is 0 there (h(0) = 0)
+    dict(length=12, block_length=20),
+    dict(length=1, design="event"),   # the one event at scan 0 has no response yet
+    dict(tr=13.0),                    # every sample past the positive lobe of the HRF
+    dict(tr=-1.0),
+])
+def test_fmri_design_without_response_is_refused_before_any_draw(kwargs):
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    with pytest.raises(ValueError, match="length|tr"):
+        fmri_blocks(5, seed=None, **kwargs)
+    assert torch.equal(torch.random.get_rng_state(), before)  # seed=None would draw from torch: nothing drawn
+
+
+def test_fmri_shortest_valid_designs_peak_at_one():
+    block = fmri_blocks(5, length=8, block_length=6, seed=0)
+    np.testing.assert_array_equal(block.time_course.numpy(), [0, 0, 0, 0, 0, 0, 0, 1])
+    event = fmri_blocks(5, length=2, design="event", seed=0)
+    np.testing.assert_array_equal(event.time_course.numpy(), [0, 1])
+    for d in (block, event):
+        assert torch.isfinite(d.x).all() and torch.isfinite(d.signal).all()
+
+
+@pytest.mark.parametrize("tr, duration", [(32.0, 32.0), (40.0, 32.0), (12.5, 32.0), (0.0, 32.0), (2.0, math.nan)])
+def test_canonical_hrf_refuses_samplings_without_a_positive_response(tr, duration):
+    with pytest.raises(ValueError, match="tr|duration"):
+        canonical_hrf(tr, duration)
+    h = canonical_hrf(12.0)  # the last tr with a sample (t = 12 s) in the positive lobe
+    assert h.max() == 1.0 and np.isfinite(h).all()
