@@ -346,6 +346,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         split, spec = "all", args.data
         data, _ = _load_data(spec, binarize, likelihood)
         index, where = None, data.name
+    expected = config["model"]["input_dim"]
+    if data.x.dim() != 2 or data.x.shape[1] != expected:
+        got = f"{data.x.shape[1]} columns" if data.x.dim() == 2 else f"shape {tuple(data.x.shape)}"
+        raise ValueError(
+            f"--data {spec!r} has {got}, the fit in {folder} had {expected}. "
+            "Try the data the model was fitted on (or the same columns in the same order)."
+        )
     tensors = data.tensors(index)
     pyro.set_rng_seed(args.seed)
     terms = _elbo_terms(vae, tensors, args.num_particles, args.batch_size)

@@ -8,12 +8,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pyro
 import pytest
 import torch
 
+import pvae
+from pvae import cli
 from pvae.analysis import plot_image, plot_latent_map, plot_reconstructions, plot_samples
 from pvae.cli import main
+from pvae.infer import site_log_probs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEMO_FILES = ("training_curves.png", "reconstructions.png", "samples.png", "prototype.png", "latent_map.png")
@@ -34,10 +39,26 @@ def _assert_one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def fit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[torch.Tensor, ...]]:
+    """A smoke fit, and the validation rows :func:`pvae.fit` was given (recorded by a spy, so
+    a test can check what ``evaluate`` reads without re-deriving the CLI's split)."""
     out = tmp_path_factory.mktemp("fit")
-    assert main(["fit", "--data", "digits", "--smoke", "--quiet", "--seed", "1", "--out", str(out)]) == 0
-    return out
+    seen: dict[str, Any] = {}
+    real_fit = pvae.fit
+
+    def spy(*args: Any, validation_data: Any = None, **kwargs: Any) -> Any:
+        seen["validation_data"] = validation_data
+        return real_fit(*args, validation_data=validation_data, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pvae, "fit", spy)
+        assert main(["fit", "--data", "digits", "--smoke", "--quiet", "--seed", "1", "--out", str(out)]) == 0
+    return out, tuple(seen["validation_data"])
+
+
+@pytest.fixture(scope="module")
+def fit_dir(fit_run: tuple[Path, tuple[torch.Tensor, ...]]) -> Path:
+    return fit_run[0]
 
 
 def test_fit_writes_config_model_and_metrics(fit_dir: Path) -> None:
@@ -54,14 +75,40 @@ def test_fit_writes_config_model_and_metrics(fit_dir: Path) -> None:
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
 
 
-def test_evaluate_matches_the_fit_validation_elbo(fit_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_matches_the_fit_validation_elbo(
+    fit_run: tuple[Path, tuple[torch.Tensor, ...]], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fit_dir, fit_validation = fit_run
+    evaluated: list[tuple[torch.Tensor, ...]] = []
+    real_terms = cli._elbo_terms
+
+    def spy(vae: pvae.VAE, tensors: tuple[torch.Tensor, ...], *args: Any) -> dict:
+        evaluated.append(tensors)
+        return real_terms(vae, tensors, *args)
+
+    monkeypatch.setattr(cli, "_elbo_terms", spy)
     capsys.readouterr()
     assert main(["evaluate", str(fit_dir), "--num-particles", "8"]) == 0
     assert "ELBO" in capsys.readouterr().out
     report = json.loads((fit_dir / "evaluation.json").read_text())
-    fitted = json.loads((fit_dir / "metrics.json").read_text())["validation"]["elbo"]
     assert report["split"] == "validation" and report["n"] == 51  # 10% of the 512 smoke rows
-    # same weights and split; fit's value is a 1-particle estimate, this one 8 particles
+    # exactly the rows (values and order) the fit validated on: another split's 51 rows fail here
+    # (their ELBO differs from the fit's by < 0.2 nats, which no tolerance on the ELBO can tell apart)
+    assert len(evaluated) == 1 and len(evaluated[0]) == len(fit_validation) == 1
+    assert torch.equal(evaluated[0][0], fit_validation[0])
+    # and the reported number is the 8-particle ELBO of those rows under the saved weights and
+    # evaluate's seed (0): recomputed here from model.pt, same draws, so equal to rounding
+    config = json.loads((fit_dir / "config.json").read_text())
+    vae = pvae.VAE(**config["model"])
+    vae.load_state_dict(torch.load(fit_dir / "model.pt", weights_only=True))
+    vae.eval()
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        lp = site_log_probs(vae.model, vae.guide, fit_validation[0], num_particles=8)
+    expected = lp.log_weight.mean(0).double().mean().item()
+    assert report["elbo"]["mean"] == pytest.approx(expected, abs=1e-5), (report["elbo"], expected)
+    # a units check only (fit's value is a 1-particle estimate from its own pass): the rows are checked above
+    fitted = json.loads((fit_dir / "metrics.json").read_text())["validation"]["elbo"]
     assert abs(report["elbo"]["mean"] - fitted) < 3.0, (report["elbo"], fitted)
     assert report["reconstruction"]["mean"] - report["kl"]["mean"] == pytest.approx(report["elbo"]["mean"], abs=1e-3)
 
@@ -166,3 +213,13 @@ def test_figures_without_image_shape_and_small_latents(tmp_path: Path) -> None:
     assert _is_png(plot_latent_map(torch.randn(30, 1), None, tmp_path / "z1.png"))
     with pytest.raises(ValueError, match="image_shape"):
         plot_samples(torch.rand(2, 5), (2, 2), tmp_path / "bad.png")
+
+
+def test_evaluate_on_data_of_another_width_is_a_one_line_error(
+    fit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The fit has 64 columns (8x8 digits); a 5-column CSV used to end in torch's shape traceback."""
+    path = _write(tmp_path, "five.csv", "\n".join(",".join(str((i * 5 + j) % 2) for j in range(5)) for i in range(8)))
+    capsys.readouterr()
+    assert main(["evaluate", str(fit_dir), "--data", f"csv:{path}", "--num-particles", "2"]) == 2
+    _assert_one_line_error(capsys, "5 columns", "64")

@@ -3,33 +3,67 @@
 A query is a composition of Pyro handlers on a fitted model/guide pair
 (DESIGN principle 3); it adds no networks. For a model with a binary (or any
 numeric) *treatment* site ``t`` and an *outcome* site ``y`` inside the data
-plate, the three steps of a counterfactual (Pearl 2009, ch. 7) are
+plate, the model's latent sites split by the model's execution order (read from
+one trace of the model with the same arguments) into the *upstream* latents
+:math:`u` -- those sampled before ``t`` -- and the *downstream* latents
+:math:`m` -- those sampled after it, which may be effects of the treatment
+(mediators). A query has three steps (Pearl 2009, ch. 7):
 
-1. **abduction** -- draw the latents from the guide's posterior given what is
-   observed, :math:`z^{(s)} \\sim q(z \\mid \\text{args})`, ``s = 1..S``, in one
-   vectorised pass (an outer plate of ``num_samples``);
+1. **abduction** -- draw the upstream latents from the guide's posterior given
+   what is observed, :math:`u^{(s)} \\sim q(u \\mid \\text{args})`,
+   ``s = 1..S``, in one vectorised pass (an outer plate of ``num_samples``);
+   whatever the guide draws for downstream latents is not used;
 2. **action** -- replace the treatment mechanism by a constant,
    ``poutine.do(model, {t: a})``;
-3. **prediction** -- replay the intervened model against the drawn latents
-   (``poutine.replay``) and read the expected outcome at the outcome site,
+3. **prediction** -- run the intervened model with the upstream latents
+   replayed (``poutine.replay`` on a trace holding only them): every downstream
+   latent is drawn afresh from the intervened model,
+   :math:`m^{(s)} \\sim p(m \\mid do(T = a), u^{(s)})`, and the expected outcome
+   is read at the outcome site,
 
 .. math::
 
-    \\mu_a^{(s)}(i) = \\mathbb E\\big[Y_i \\mid do(T_i = a), z_i^{(s)}\\big],
-    \\qquad
-    \\hat\\tau_i = \\frac1S \\sum_{s=1}^S \\big(\\mu_1^{(s)}(i) - \\mu_0^{(s)}(i)\\big),
+    \\mu_a^{(s)}(i) = \\mathbb E\\big[Y_i \\mid do(T_i = a), u_i^{(s)}, m_i^{(s)}\\big],
+    \\qquad m_i^{(s)} \\sim p\\big(m_i \\mid do(T_i = a), u_i^{(s)}\\big),
 
+    \\frac1S \\sum_{s=1}^S \\mu_a^{(s)}(i) \\;\\to\\;
+    \\mathbb E_{q(u_i \\mid \\text{args})}\\,\\mathbb E\\big[Y_i \\mid do(T_i = a), u_i\\big],
+
+    \\hat\\tau_i = \\frac1S \\sum_{s=1}^S \\big(\\mu_1^{(s)}(i) - \\mu_0^{(s)}(i)\\big),
+    \\qquad
     \\widehat{\\mathrm{CATE}}(A) = \\frac{1}{|A|}\\sum_{i \\in A} \\hat\\tau_i, \\qquad
     \\widehat{\\mathrm{ATE}} = \\frac1n \\sum_{i=1}^n \\hat\\tau_i .
+
+So an effect that passes through a latent mediator (``t -> m -> y``) is kept:
+the answer is the *interventional* (total) effect given the abducted upstream
+latents, not a controlled direct effect with the mediator held at a value the
+guide drew under the factual treatment. Without downstream latents (CEVAE, and
+any program whose latents all come before ``t``) every guide latent is replayed
+and the two readings coincide.
 
 What is observed is what the program's arguments carry: called with the
 covariates only (``x``), the guide conditions on ``x`` and the effect is the
 conditional effect :math:`\\mathbb E[Y(1) - Y(0) \\mid X = x]`; called with the
 factual treatment and outcome as well (``x, t, y``), the posterior over the
-latents also uses them and the result is the counterfactual effect for those
-observed units. Intervals are equal-tailed quantiles of the ``num_samples``
-draws: they express the posterior uncertainty about each unit's latents under
-the fitted networks, not the estimation error of the networks themselves.
+upstream latents also uses them and the result is the effect for those
+observed units given what their outcome says about :math:`u`. That is a
+unit-level counterfactual only as far as the upstream latents carry the unit's
+individuality: a counterfactual *through a mediator* would need the mediator's
+own exogenous noise abducted from the factual world (``m = f(t, u, e_m)`` with
+:math:`e_m` inferred and kept fixed under the intervention), and a replayed
+*value* of ``m`` cannot give it -- replaying the value would cut the path
+``t -> m``, and redrawing ``m`` (what is done here) integrates :math:`e_m` over
+its prior instead of its posterior. Write the program so that its exogenous
+noise is an upstream latent (``e = sample("e", ...)`` before ``t``, then
+``m = f(t, u, e)`` deterministically) if that counterfactual is wanted.
+Because the rule is the execution order, a latent that is *not* an effect of
+the treatment should be sampled before ``t``: sampled after it, it is drawn
+from the model rather than from the guide's posterior.
+
+Intervals are equal-tailed quantiles of the ``num_samples`` draws: they express
+the posterior uncertainty about each unit's upstream latents under the fitted
+networks, plus the randomness of the downstream latents under the intervention
+when there are any, not the estimation error of the networks themselves.
 
 The treatment need not be binary: ``control`` and ``treated`` are any two
 values of the treatment site, so a categorical treatment gets the contrast
@@ -40,12 +74,12 @@ integers) and a continuous one the effect of moving the dose from ``a`` to
 .. math::
 
     \\hat\\tau_i(a, b) = \\frac1S \\sum_{s=1}^S \\Big(
-        \\mathbb E\\big[Y_i \\mid do(T_i = b), z_i^{(s)}\\big]
-      - \\mathbb E\\big[Y_i \\mid do(T_i = a), z_i^{(s)}\\big]\\Big).
+        \\mathbb E\\big[Y_i \\mid do(T_i = b), u_i^{(s)}, m_i^{(s, b)}\\big]
+      - \\mathbb E\\big[Y_i \\mid do(T_i = a), u_i^{(s)}, m_i^{(s, a)}\\big]\\Big).
 
 These answers are causal only under the model's assumptions -- the program's
-graph is the true one (the latents block every back-door path between ``t``
-and ``y``: ignorability given the latents) and every unit could receive either
+graph is the true one (the upstream latents block every back-door path between
+``t`` and ``y``: ignorability given them) and every unit could receive either
 treatment (positivity).
 
 The expected outcome is the outcome distribution's ``.mean``; for families
@@ -153,19 +187,34 @@ def _check_sites(model_trace, treatment: str, outcome: str) -> None:
         raise SiteError(f"treatment and outcome must be different sites, got {treatment!r} for both.")
 
 
-def _latent_replay_trace(guide_trace, model_trace, exclude: Sequence[str]):
-    """The guide's draws of the model's latents only: auxiliary or observed
-    guide sites (e.g. a guide's own prediction of ``t`` or ``y``) and the
-    treatment / outcome sites are dropped, so they can neither override the
-    intervention nor be replayed into the model."""
+def _upstream_latents(model_trace, treatment: str) -> frozenset[str]:
+    """The sample sites the model draws before ``treatment``, in its execution order
+    (a trace's nodes are in the order the program visited them)."""
+    upstream = []
+    for name in _sample_sites(model_trace):
+        if name == treatment:
+            break
+        upstream.append(name)
+    return frozenset(upstream)
+
+
+def _latent_replay_trace(guide_trace, model_trace, treatment: str, outcome: str):
+    """The guide's draws of the model's *upstream* latents only (sampled before
+    ``treatment`` in the model): auxiliary or observed guide sites (e.g. a guide's
+    own prediction of ``t`` or ``y``), the treatment / outcome sites and every
+    latent the model samples after the treatment (a possible mediator, which the
+    intervened model must draw afresh) are dropped, so they can neither override
+    the intervention nor be replayed into the model."""
     trace = guide_trace.copy()
     model_sites = _sample_sites(model_trace)
+    upstream = _upstream_latents(model_trace, treatment)
     for name, site in list(trace.nodes.items()):
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         model_site = model_sites.get(name)
         if (
-            name in exclude
+            name in (treatment, outcome)
+            or name not in upstream
             or site["is_observed"]
             or site["infer"].get("is_auxiliary", False)
             or model_site is None
@@ -258,10 +307,11 @@ def _outcome_draws(
     plate = pyro.plate(_PARTICLES, num_samples, dim=particle_dim)
     with poutine.block():
         guide_trace = poutine.trace(plate(guide)).get_trace(*args, **kwargs)
+        upstream = _latent_replay_trace(guide_trace, probe, treatment, outcome)
         results = []
         for value in values:
             intervened = poutine.do(model, data={treatment: _treatment_value(value)})
-            replay = poutine.replay(intervened, trace=_latent_replay_trace(guide_trace, probe, (treatment, outcome)))
+            replay = poutine.replay(intervened, trace=upstream)
             model_trace = poutine.trace(plate(replay)).get_trace(*args, **kwargs)
             results.append(_unit_values(model_trace.nodes[outcome], particle_dim, num_samples, batch, outcome))
     return torch.stack(results)
@@ -282,6 +332,19 @@ def potential_outcomes(
     **kwargs: Any,
 ) -> tuple[EffectEstimate, EffectEstimate]:
     """Expected potential outcomes :math:`\\mathbb E[Y_i(a) \\mid \\text{args}]` per unit.
+
+    .. math::
+
+        \\hat\\mu_a(i) = \\frac1S \\sum_{s=1}^S
+            \\mathbb E\\big[Y_i \\mid do(T_i = a), u_i^{(s)}, m_i^{(s)}\\big],
+        \\qquad u^{(s)} \\sim q(u \\mid \\text{args}),
+        \\quad m^{(s)} \\sim p(m \\mid do(T = a), u^{(s)}),
+
+    where :math:`u` are the latents the model samples before the treatment
+    (replayed from the guide) and :math:`m` those it samples after it (possible
+    mediators, drawn afresh from the intervened model; see the module notes: this
+    is the interventional answer given :math:`u`, not a counterfactual that keeps
+    a mediator's exogenous noise).
 
     :param program: a fitted object with ``model`` and ``guide`` (or a
         :class:`~pvae.models.ModelGuidePair`).
@@ -331,9 +394,18 @@ def ite(
     .. math::
 
         \\hat\\tau_i = \\frac1S \\sum_{s=1}^S \\Big(
-            \\mathbb E\\big[Y_i \\mid do(T_i = 1), z_i^{(s)}\\big]
-          - \\mathbb E\\big[Y_i \\mid do(T_i = 0), z_i^{(s)}\\big]\\Big),
-        \\qquad z^{(s)} \\sim q(z \\mid \\text{args}).
+            \\mathbb E\\big[Y_i \\mid do(T_i = 1), u_i^{(s)}, m_i^{(s, 1)}\\big]
+          - \\mathbb E\\big[Y_i \\mid do(T_i = 0), u_i^{(s)}, m_i^{(s, 0)}\\big]\\Big),
+
+        u^{(s)} \\sim q(u \\mid \\text{args}), \\qquad
+        m^{(s, a)} \\sim p\\big(m \\mid do(T = a), u^{(s)}\\big),
+
+    with :math:`u` the latents sampled before the treatment (replayed from the
+    guide) and :math:`m` those sampled after it (possible mediators, drawn afresh
+    in each arm, so effects through them are kept). The estimate targets the
+    interventional effect :math:`\\mathbb E_q\\,\\mathbb E[Y_i \\mid do(T_i=1), u_i]
+    - \\mathbb E_q\\,\\mathbb E[Y_i \\mid do(T_i=0), u_i]`; with no latent after the
+    treatment (e.g. CEVAE) :math:`m` is empty.
 
     Parameters as in :func:`potential_outcomes`.
 
