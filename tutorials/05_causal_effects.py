@@ -41,7 +41,9 @@
 # In pvae a causal query is a composition of Pyro handlers on a fitted
 # model/guide pair: **abduction** (draw the latents from the guide given what is
 # observed), **action** (`poutine.do` on the treatment site), **prediction**
-# (replay the latents into the intervened model, read the expected outcome).
+# (replay the latents the model samples before the treatment into the
+# intervened model, draw any later ones afresh so that effects through them
+# count, read the expected outcome).
 # `pvae.causal.ite / cate / ate` do this for *any* Pyro program; `CEVAE` is one
 # such program with an estimator interface around it.
 #
