@@ -27,7 +27,7 @@ from .objectives import (
     detach_distribution,
     make_objective,
 )
-from .traces import SiteLogProbs, site_log_probs
+from .traces import SiteLogProbs, pin_subsample, site_log_probs
 from .train import CheckpointError, FitResult, TrainingDivergedError, fit, load_checkpoint
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "make_objective",
     "make_train_step",
     "mutual_information",
+    "pin_subsample",
     "psis_diagnostics",
     "refine",
     "site_log_probs",

@@ -53,7 +53,14 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, transform_to
 
 from ..models.base import program_verb
-from .traces import find_data_plate, guess_max_plate_nesting, site_log_probs, trace_pair
+from .traces import (
+    _random_subsample,
+    find_data_plate,
+    guess_max_plate_nesting,
+    pin_subsample,
+    site_log_probs,
+    trace_pair,
+)
 
 __all__ = ["GapReport", "RefinementResult", "amortization_gap", "refine"]
 
@@ -202,17 +209,22 @@ class _Setup:
     sites: dict[str, _FreeSite]
     max_plate_nesting: int
     data_plate: str
+    # indices of randomly subsampling plates, drawn once here: the free per-datum
+    # parameters belong to these data points, so every later run replays them
+    subsample: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _setup(model: Callable, guide: Callable, args: tuple, kwargs: dict, family: str, num_flows: int,
-           data_plate: str | None) -> _Setup:
+           data_plate: str | None, subsample: dict[str, torch.Tensor] | None = None) -> _Setup:
     if family not in _FAMILIES:
         raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}.")
+    model, guide = pin_subsample(model, subsample or {}), pin_subsample(guide, subsample or {})
     # the set-up runs draw random numbers; fork the RNG so that they leave no trace
     # (refine with 0 steps then reproduces the amortised ELBO under the same seed)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
         nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         model_trace, guide_trace, _ = trace_pair(model, guide, args, kwargs, 1, nesting)
+    subsample = _random_subsample(guide_trace, model_trace)
     plate_name, data_dim = find_data_plate(model_trace, data_plate)
     sites: dict[str, _FreeSite] = {}
     for name, site in guide_trace.nodes.items():
@@ -233,7 +245,7 @@ def _setup(model: Callable, guide: Callable, args: tuple, kwargs: dict, family: 
             sites[name] = _free_planar_flow(name, fn, num_flows)
     if not sites:
         raise ValueError("the guide has no local latent site to optimise.")
-    return _Setup(sites, nesting, plate_name)
+    return _Setup(sites, nesting, plate_name, subsample)
 
 
 # -- refinement --------------------------------------------------------------------
@@ -242,7 +254,8 @@ class RefinementResult:
     """The outcome of :func:`refine`.
 
     :ivar guide: the refined guide, a callable with the original guide's
-        signature (valid for the same data batch).
+        signature (valid for the same data batch; a randomly subsampling data
+        plate replays the subsample the refinement was fitted to).
     :ivar torch.Tensor elbo_trace: ``(num_steps + 1, batch)`` Monte Carlo ELBO
         estimates per datum before each step (row 0: the encoder) and after the
         last one.
@@ -300,7 +313,16 @@ def refine(
     if int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
     setup = _setup(model, guide, args, kwargs, family, num_flows, data_plate)
-    free_guide = _SwapLocal(setup.sites)(guide)
+    return _refine(model, guide, args, kwargs, setup, num_steps, learning_rate, final_learning_rate, num_particles)
+
+
+def _refine(model: Callable, guide: Callable, args: tuple, kwargs: dict, setup: _Setup, num_steps: int,
+            learning_rate: float, final_learning_rate: float | None, num_particles: int) -> RefinementResult:
+    """The optimisation of :func:`refine` from a set-up. Every step (and the
+    refined guide) replays the set-up's random subsample: the free parameters
+    of a datum are always fitted to that datum."""
+    model = pin_subsample(model, setup.subsample)
+    free_guide = pin_subsample(_SwapLocal(setup.sites)(guide), setup.subsample)
     leaves = [p for s in setup.sites.values() for p in s.params.values()]
     optimizer = torch.optim.Adam(leaves, lr=learning_rate)
     gamma = 1.0 if final_learning_rate is None or num_steps == 0 else (final_learning_rate / learning_rate) ** (1 / num_steps)
@@ -371,6 +393,8 @@ class GapReport:
 
 @torch.no_grad()
 def _mc_elbo(model, guide, args, kwargs, num_particles: int, setup: _Setup, chunk: int = 100) -> torch.Tensor:
+    """Per-datum ELBO from ``num_particles`` particles in chunks, on the set-up's subsample."""
+    model, guide = pin_subsample(model, setup.subsample), pin_subsample(guide, setup.subsample)
     total, done = 0.0, 0
     while done < num_particles:
         k = min(chunk, num_particles - done)
@@ -429,16 +453,20 @@ def amortization_gap(
     """
     from .bounds import iwae_bound
 
-    common = dict(num_steps=num_steps, learning_rate=learning_rate, final_learning_rate=learning_rate / 20,
-                  num_particles=num_particles, data_plate=data_plate, **kwargs)
-    optimal = refine(model, guide, *args, family="same", **common)
+    if int(num_steps) != num_steps or num_steps < 0:
+        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
+    # one set-up: with a randomly subsampling data plate, every estimate below is
+    # of the data points drawn here
     setup = _setup(model, guide, args, kwargs, "same", num_flows, data_plate)
+    common = (num_steps, learning_rate, learning_rate / 20, num_particles)
+    optimal = _refine(model, guide, args, kwargs, setup, *common)
     elbo_amortized = _mc_elbo(model, guide, args, kwargs, elbo_particles, setup)
     elbo_optimal = _mc_elbo(model, optimal.guide, args, kwargs, elbo_particles, setup)
     proposals, elbos = [optimal.guide], [elbo_optimal]
     elbo_flexible = None
     if flexible_family is not None:
-        flexible = refine(model, guide, *args, family=flexible_family, num_flows=num_flows, **common)
+        flexible_setup = _setup(model, guide, args, kwargs, flexible_family, num_flows, data_plate, setup.subsample)
+        flexible = _refine(model, guide, args, kwargs, flexible_setup, *common)
         elbo_flexible = _mc_elbo(model, flexible.guide, args, kwargs, elbo_particles, setup)
         proposals.append(flexible.guide)
         elbos.append(elbo_flexible)
@@ -447,7 +475,8 @@ def amortization_gap(
     best = torch.stack(elbos).argmax(0)
     with torch.no_grad():
         bounds = torch.stack([
-            iwae_bound(model, q, *args, num_particles=evidence_particles, data_plate=setup.data_plate,
+            iwae_bound(pin_subsample(model, setup.subsample), q, *args, num_particles=evidence_particles,
+                       data_plate=setup.data_plate,
                        max_plate_nesting=setup.max_plate_nesting, **kwargs).value
             for q in proposals
         ])

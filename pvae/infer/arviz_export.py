@@ -57,7 +57,7 @@ import torch
 
 from ..inputs import as_data_tuple
 from ..models.base import program_verb
-from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
+from .traces import SiteLogProbs, check_count, guess_max_plate_nesting, pin_subsample, site_log_probs
 
 if TYPE_CHECKING:  # arviz is imported lazily: importing it prints a FutureWarning
     import arviz
@@ -365,15 +365,13 @@ def psis_diagnostics(
     :param str data_plate: name of the data plate.
     :param int max_plate_nesting: the program's plate depth; guessed if None.
     :param kwargs: the program's keyword arguments.
-    :returns: :class:`PsisDiagnostics`.
+    :returns: :class:`PsisDiagnostics`. A data plate that subsamples at random
+        draws its indices once, in the first chunk; every chunk reuses them.
     """
     import arviz as az
 
-    for name, value, allow_none in (("num_particles", num_particles, False), ("chunk_size", chunk_size, True)):
-        if allow_none and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+    num_particles = check_count("num_particles", num_particles)
+    chunk_size = check_count("chunk_size", chunk_size, allow_none=True)
     if num_particles < 10:
         raise ValueError(
             f"num_particles must be at least 10 to fit a Pareto tail, got {num_particles}. "
@@ -388,6 +386,8 @@ def psis_diagnostics(
             k = min(size, num_particles - drawn)
             slp = site_log_probs(model, guide, *args, num_particles=k, data_plate=data_plate,
                                  max_plate_nesting=max_plate_nesting, **kwargs)
+            if not drawn and slp.subsample:  # every chunk on the first chunk's random subsample
+                model, guide = pin_subsample(model, slp.subsample), pin_subsample(guide, slp.subsample)
             dtype = slp.log_weight.dtype
             chunks.append(slp.log_weight.double())
             drawn += k

@@ -45,7 +45,7 @@ from pyro.poutine.util import site_is_subsample
 from ..models.base import program_verb
 
 from .capture import CapturedFunction, capture_mode, check_compile
-from .traces import SiteLogProbs, guess_max_plate_nesting, site_log_probs
+from .traces import SiteLogProbs, check_count, guess_max_plate_nesting, pin_subsample, site_log_probs
 
 __all__ = ["CHUNK_MEMORY_BYTES", "BoundEstimate", "EvidenceEstimate", "iwae_bound", "log_evidence"]
 
@@ -155,6 +155,7 @@ class _LogWeightStream:
 
     def __init__(self) -> None:
         self.count = 0
+        self.subsample: dict[str, torch.Tensor] = {}
         self.max = self.shift = self.s1 = self.s2 = self.mean = self.m2 = None
         self.dtype = torch.get_default_dtype()
 
@@ -200,13 +201,9 @@ class _LogWeightStream:
         return BoundEstimate(self.mean.to(self.dtype), stderr.to(self.dtype), k)
 
 
-def _check_count(name: str, value: Any, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}."
-        )
+def _check_count(name: str, value: Any, allow_none: bool = False) -> int | None:
+    """A positive ``int`` (numpy integers accepted; bools and floats refused), or None if allowed."""
+    return check_count(name, value, allow_none)
 
 
 BoundCompile = bool | Literal["graph", "inductor"]
@@ -240,21 +237,27 @@ def _stream_log_weights(
     data_plate: str | None,
     max_plate_nesting: int | None,
     compile: BoundCompile = False,
+    subsample: dict[str, torch.Tensor] | None = None,
 ) -> _LogWeightStream:
     """Draw ``num_particles`` log-weights per datum in chunks, reduced on the fly.
 
     With ``chunk_size=None`` the first chunk is one particle; its traces size
-    the following chunks (:func:`_auto_chunk_size`).
+    the following chunks (:func:`_auto_chunk_size`). Every chunk evaluates the
+    same data: a data plate that subsamples at random draws its indices in the
+    first chunk (or takes ``subsample``, ``{plate: indices}``), and later chunks
+    replay them (:func:`pvae.infer.pin_subsample`); the indices used are
+    kept as ``stream.subsample``.
     """
-    _check_count("num_particles", num_particles)
-    _check_count("chunk_size", chunk_size, allow_none=True)
+    num_particles = _check_count("num_particles", num_particles)
+    chunk_size = _check_count("chunk_size", chunk_size, allow_none=True)
     check_compile(compile, BOUND_COMPILE_CHOICES)
     mode = capture_mode(compile)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     stream = _LogWeightStream()
+    stream.subsample = dict(subsample or {})
     size = 1 if chunk_size is None else chunk_size
-    proposal = guide
+    model, proposal = pin_subsample(model, stream.subsample), pin_subsample(guide, stream.subsample)
     chunk = None  # the log-weights of a full chunk of particles, captured when compile
     with torch.no_grad():
         while stream.count < num_particles:
@@ -270,10 +273,13 @@ def _stream_log_weights(
                     data_plate=data_plate, max_plate_nesting=max_plate_nesting, **kwargs,
                 )
             if stream.count == 0:
+                if slp.subsample and not stream.subsample:  # pin the first chunk's random indices
+                    stream.subsample = slp.subsample
+                    model, proposal = pin_subsample(model, slp.subsample), pin_subsample(guide, slp.subsample)
                 if chunk_size is None:
                     size = _auto_chunk_size(slp)
                 if slp.log_weight.shape[0] < num_particles:
-                    proposal = _frozen_guide(guide, args, kwargs) or guide
+                    proposal = _frozen_guide(proposal, args, kwargs) or proposal
                 if mode is not None and num_particles - slp.log_weight.shape[0] >= 2 * size:
                     chunk = _captured_chunk(model, proposal, size, kwargs, data_plate, max_plate_nesting, mode)
             stream.update(slp.log_weight)
@@ -300,7 +306,11 @@ def _frozen_guide(guide: Callable, args: tuple, kwargs: dict) -> Callable | None
     can depend on another latent) the distribution is fixed by the data, so it
     is traced once (without drawing from the session's random stream) and
     re-sampled inside the same plates, mask and scale. Returns None for other
-    guides, which are then run for every chunk.
+    guides, which are then run for every chunk. A randomly subsampling plate
+    must be pinned by the caller (``guide`` wrapped in
+    :func:`pvae.infer.traces.pin_subsample`): the frozen distribution belongs
+    to the indices traced here, which the frozen guide then passes as
+    ``subsample=``.
     """
     with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False), poutine.block():
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -388,7 +398,10 @@ def iwae_bound(
         and their sum run as one pass over the decoder's output; values
         float-close to eager; the compile, seconds, runs in the second chunk,
         so it pays off only for K in the thousands). Default False.
-    :returns: :class:`BoundEstimate` with ``(batch,)`` value and stderr.
+    :returns: :class:`BoundEstimate` with ``(batch,)`` value and stderr. When
+        the data plate subsamples at random (``subsample_size=``), the values
+        are those of the subsample drawn by the first chunk, which every later
+        chunk reuses; pass ``subsample=idx`` to the plate to choose the data.
     :raises ValueError: on a non-positive ``num_particles`` or ``chunk_size``, an
         unknown ``compile``, or a program the seam rejects (a global latent).
     """
@@ -435,15 +448,17 @@ def log_evidence(
     :param str data_plate: name of the data plate (see :func:`iwae_bound`).
     :param int max_plate_nesting: the program's plate depth; guessed if None.
     :param compile: as for :func:`iwae_bound`. Default False.
-    :returns: :class:`EvidenceEstimate`.
+    :returns: :class:`EvidenceEstimate`; evidence and ELBO are of the same data
+        points, also when the data plate subsamples at random (see
+        :func:`iwae_bound`).
     """
-    _check_count("elbo_particles", elbo_particles, allow_none=True)
+    elbo_particles = _check_count("elbo_particles", elbo_particles, allow_none=True)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
     common = (chunk_size, data_plate, max_plate_nesting, compile)
     stream = _stream_log_weights(model, guide, args, kwargs, num_particles, *common)
     evidence = stream.iwae()
-    if elbo_particles is not None:
-        stream = _stream_log_weights(model, guide, args, kwargs, elbo_particles, *common)
+    if elbo_particles is not None:  # the same data points as the evidence, if the plate subsamples
+        stream = _stream_log_weights(model, guide, args, kwargs, elbo_particles, *common, stream.subsample)
     elbo = stream.elbo()
     return EvidenceEstimate(evidence, elbo, evidence.value - elbo.value)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
+from pyro.distributions import MaskedDistribution
+from pyro.distributions.torch_distribution import ExpandedDistribution
 from torch.distributions import Independent, kl_divergence
 
 from ..models.base import program_verb
@@ -56,8 +58,8 @@ class ElboTerms:
     :ivar kl_per_dim: ``(batch, latent_dim)`` KL of each scalar latent
         coordinate (sites concatenated in trace order, event dims flattened,
         inner plates summed) when every latent site's guide and prior factorise
-        into univariate distributions; else None. Sums to ``kl`` over the last
-        dim.
+        into univariate distributions (and the guide has no auxiliary site);
+        else None. Sums to ``kl`` over the last dim.
     :ivar str kl_method: ``"analytic"`` or ``"monte_carlo"``: how ``kl`` was computed.
     :ivar int num_particles: particles per datum.
     :ivar torch.Tensor elbo_stderr: Monte Carlo standard error of ``elbo``
@@ -113,6 +115,34 @@ def _same_mask(a: Any, b: Any) -> bool:
     return bool(torch.equal(a, b))
 
 
+def _distribution_masks(fn: Any) -> list[Any]:
+    """The masks of the ``MaskedDistribution`` layers of ``fn`` (``.mask(m)``),
+    outermost first, looking through ``Independent`` and expanded wrappers;
+    a mask of ``True`` masks nothing and is left out."""
+    masks = []
+    while True:
+        if isinstance(fn, MaskedDistribution):
+            if fn._mask is not True:
+                masks.append(fn._mask)
+            fn = fn.base_dist
+        elif isinstance(fn, (Independent, ExpandedDistribution)):
+            fn = fn.base_dist
+        else:
+            return masks
+
+
+def _same_masks(q_site: dict, p_site: dict) -> bool:
+    """Model and guide mask the site alike: equal ``poutine.mask`` masks and equal
+    distribution-level (``.mask()``) masks. Only then does the registered KL,
+    which masks by both sides' masks together, equal the expectation of
+    :math:`\\log q(z) - \\log p(z)` with each side's own mask (the Monte Carlo
+    form, :func:`elbo`)."""
+    if not _same_mask(q_site["mask"], p_site["mask"]):
+        return False
+    q_masks, p_masks = _distribution_masks(q_site["fn"]), _distribution_masks(p_site["fn"])
+    return len(q_masks) == len(p_masks) and all(_same_mask(a, b) for a, b in zip(q_masks, p_masks))
+
+
 def _univariate_parts(q, p):
     """``(q_base, p_base, event_dim)`` if both sides are (Independent of) univariate, else None."""
     event_dim = len(q.event_shape)
@@ -143,7 +173,8 @@ def _site_kl(slp: SiteLogProbs, name: str, analytic: bool) -> tuple[torch.Tensor
 
     Analytic: torch's registered ``KL(q || p)`` of the site's guide and
     (replayed) prior distributions; ``(None, None)`` if there is none or if the
-    model and guide masks differ. Monte Carlo: :math:`\\log q(z_k) - \\log p(z_k)`.
+    model and guide masks (``poutine.mask`` or ``.mask()``) differ.
+    Monte Carlo: :math:`\\log q(z_k) - \\log p(z_k)`.
     The per-coordinate split exists when both sides are (Independent of)
     univariate distributions.
     """
@@ -152,7 +183,7 @@ def _site_kl(slp: SiteLogProbs, name: str, analytic: bool) -> tuple[torch.Tensor
     parts = _univariate_parts(q, p)
     if analytic:
         shape = torch.broadcast_shapes(q.batch_shape, p.batch_shape)
-        kl = _analytic_kl(q, p, shape) if _same_mask(q_site["mask"], p_site["mask"]) else None
+        kl = _analytic_kl(q, p, shape) if _same_masks(q_site, p_site) else None
         if kl is None:
             return None, None
         total = slp.per_datum(name, kl, guide=True)
@@ -179,11 +210,15 @@ def _columns(per_dim: torch.Tensor, event_dim: int) -> torch.Tensor:
 
 
 def _kl_terms(slp: SiteLogProbs, kl: str) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Per-particle rate ``(K, batch)``, per-dim rate ``(K, batch, E)`` or None, and the method."""
-    if not slp.latent:
+    """Per-particle rate ``(K, batch)``, per-dim rate ``(K, batch, E)`` or None, and the method.
+
+    Auxiliary guide sites (no model counterpart) add their :math:`\\log q(u_k)`
+    to the Monte Carlo rate; they have no analytic KL and no latent coordinate
+    (``kl_per_dim`` is then None)."""
+    if not slp.latent and not slp.auxiliary:
         zeros = torch.zeros_like(slp.log_likelihood)
         return zeros, zeros.unsqueeze(-1)[..., :0], "analytic"
-    if kl != "monte_carlo":
+    if kl != "monte_carlo" and not slp.auxiliary:
         analytic = [_site_kl(slp, n, analytic=True) for n in slp.latent]
         missing = [n for n, (total, _) in zip(slp.latent, analytic) if total is None]
         if not missing:
@@ -198,7 +233,15 @@ def _kl_terms(slp: SiteLogProbs, kl: str) -> tuple[torch.Tensor, torch.Tensor | 
                 "masks, got none. Try kl='auto' (falls back to Monte Carlo) or "
                 "kl='monte_carlo'."
             )
-    return (*_combine([_site_kl(slp, n, analytic=False) for n in slp.latent]), "monte_carlo")
+    if kl == "analytic":
+        raise ValueError(
+            f"kl='analytic' needs a KL divergence for every term of the rate; the guide's "
+            f"auxiliary sites {list(slp.auxiliary)} have no model counterpart, so their term "
+            "E_q[log q(u)] has none. Try kl='auto' (falls back to Monte Carlo) or kl='monte_carlo'."
+        )
+    parts = [_site_kl(slp, n, analytic=False) for n in slp.latent]
+    parts += [(slp.log_q[n], None) for n in slp.auxiliary]
+    return (*_combine(parts), "monte_carlo")
 
 
 def _combine(parts: list) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -242,7 +285,10 @@ def elbo_terms(
     usually of lower variance than the Monte Carlo form when q is far from the
     posterior (near the exact posterior the Monte Carlo ELBO's variance goes to
     zero while the analytic split's does not; tutorial 01 measures both). Masks (``poutine.mask``) apply to
-    both forms.
+    both forms; the analytic form is used only where model and guide mask a
+    site alike (``poutine.mask`` and ``.mask()``). Auxiliary guide sites
+    (``infer={"is_auxiliary": True}``, absent from the model) add
+    :math:`\\log q(u_k)` to the Monte Carlo KL (see :mod:`pvae.infer.traces`).
 
     :param callable model: a Pyro model whose data sit in a ``pyro.plate``; or a
         program with ``.model`` and ``.guide``, and then no guide argument.
@@ -257,7 +303,8 @@ def elbo_terms(
     :param int max_plate_nesting: the program's plate depth; guessed if None.
     :returns: :class:`ElboTerms` with ``(batch,)`` tensors (with gradients).
     :raises ValueError: on an unknown ``kl``, ``kl="analytic"`` where a site has
-        no registered KL, or a program the seam rejects (a global latent).
+        no registered KL (or masks differently in model and guide, or the guide
+        has auxiliary sites), or a program the seam rejects (a global latent).
     """
     if kl not in KL_METHODS:
         raise ValueError(f"kl must be one of {list(KL_METHODS)}, got {kl!r}.")

@@ -45,7 +45,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform, _InverseTransform
 
-from .traces import PARTICLE_PLATE, find_data_plate, guess_max_plate_nesting, trace_pair
+from .traces import PARTICLE_PLATE, _guide_only_error, find_data_plate, guess_max_plate_nesting, trace_pair
 
 __all__ = [
     "ElboObjective",
@@ -125,6 +125,7 @@ class Objective:
         key = _model_key(model)
         if key not in self._checked_guides:
             latent = [n for n, s in model_trace.nodes.items() if _is_latent(s)]
+            latent += [n for n, _ in _auxiliary_sites(model_trace, guide_trace)]
             _check_no_latent_parameters(guide_trace, latent, what)
             self._checked_guides.add(key)
 
@@ -214,11 +215,39 @@ def _is_latent(site: dict) -> bool:
     return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
 
 
+def _auxiliary_sites(model_trace: Any, guide_trace: Any) -> list[tuple[str, dict]]:
+    """The guide's auxiliary sites: latent guide sites the model lacks, marked
+    ``infer={"is_auxiliary": True}``; an unmarked one is an error (as in
+    :func:`pvae.infer.traces.site_log_probs`). Dict look-ups only: for an
+    ordinary pair every guide site is in the model and nothing else runs."""
+    model_nodes = model_trace.nodes
+    out: list[tuple[str, dict]] = []
+    unmarked: list[str] = []
+    for name, q in guide_trace.nodes.items():
+        if name in model_nodes or q["type"] != "sample" or q["is_observed"] or site_is_subsample(q):
+            continue  # observed guide sites (auxiliary classifiers) belong to no bound
+        if q["infer"].get("is_auxiliary", False):
+            out.append((name, q))
+        else:
+            unmarked.append(name)
+    if unmarked:
+        raise _guide_only_error(unmarked)
+    return out
+
+
+def _masked(lp: torch.Tensor, mask: Any) -> torch.Tensor:
+    """``lp`` where ``mask``, 0 elsewhere; ``mask`` a bool tensor or a Python bool
+    (``poutine.mask(mask=False)``)."""
+    if isinstance(mask, bool):
+        return lp if mask else torch.zeros_like(lp)
+    return torch.where(mask, lp, lp.new_zeros(()))
+
+
 def _site_log_prob(site: dict) -> torch.Tensor:
     """The site's masked log-density, elementwise over its batch shape."""
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
-        lp = torch.where(site["mask"], lp, lp.new_zeros(()))
+        lp = _masked(lp, site["mask"])
     return lp
 
 
@@ -267,6 +296,15 @@ def _elbo_terms_from_traces(
         kl.append(lq - lp)
         scaled_p, scaled_q = _scaled(site["scale"], lp_each, lp), _scaled(q["scale"], lq_each, lq)
         kl_scaled.append(kl[-1] if scaled_p is lp and scaled_q is lq else scaled_q - scaled_p)
+    # auxiliary guide sites: log q enters the rate with no model term, as in Pyro's Trace_ELBO
+    for name, q in _auxiliary_sites(model_trace, guide_trace):
+        if stl:
+            _check_reparameterized(name, q["fn"], "estimator='stl'")
+            q = {**q, "fn": detach_distribution(q["fn"], name)}
+        lq_each = _site_log_prob(q)
+        lq = lq_each.sum()
+        kl.append(lq)
+        kl_scaled.append(_scaled(q["scale"], lq_each, lq))
     if not rec:
         raise ValueError("the model has no observed sample site: nothing to fit. Pass the data as obs=.")
     total_kl_scaled = _total(kl_scaled, rec[0])
@@ -533,6 +571,23 @@ def _log_weight_parts(
         guide.append(_per_datum(fn.log_prob(q["value"]), q["mask"], name, ndim, data_pos, num_particles, batch))
         latent.append(name)
         guide_sites.append(q)
+    # auxiliary guide sites: log q enters the log-weight with no model term
+    for name, q in _auxiliary_sites(model_trace, guide_trace):
+        if not any(f.dim == data_dim and f.vectorized for f in q["cond_indep_stack"]):
+            raise ValueError(
+                f"auxiliary guide site {name!r} lies outside the data plate: it is a global variable "
+                f"(e.g. the joint latent of an AutoContinuous guide), and {what} needs per-datum "
+                "importance weights. Try a guide whose auxiliary sites sit in the data plate "
+                "(e.g. AutoNormal), or objective='elbo'."
+            )
+        fn = q["fn"]
+        _check_reparameterized(name, fn, what)
+        if detach:
+            fn = detach_distribution(fn, name)
+        site_scales.append((name, _float_scale(name, q["scale"], what)))
+        guide.append(_per_datum(fn.log_prob(q["value"]), q["mask"], name, ndim, data_pos, num_particles, batch))
+        latent.append(name)
+        guide_sites.append(q)
     if not lik:
         raise ValueError("the model has no observed sample site: nothing to fit. Pass the data as obs=.")
     for name, s in site_scales:
@@ -567,7 +622,7 @@ def _per_datum(
     """A site's ``log_prob`` (batch shape, right-aligned in ``ndim`` dims with the
     particle dim leftmost) reduced to ``(num_particles, batch)``."""
     if mask is not None:
-        lp = torch.where(mask, lp, lp.new_zeros(()))
+        lp = _masked(lp, mask)
     if lp.dim() > ndim:
         raise ValueError(
             f"site {name!r} has log_prob shape {tuple(lp.shape)}, with dims left of every plate "

@@ -6,6 +6,30 @@ per particle and per datum, a tensor of shape ``(num_particles, batch)``. The
 ELBO, its reconstruction / KL split, IWAE, Renyi bounds and log-evidence
 estimates are all reductions of this one object (DESIGN principle 1).
 
+**Auxiliary guide sites.** A latent guide site absent from the model and
+marked ``infer={"is_auxiliary": True}`` (the auxiliary latent of Pyro's
+``AutoNormal`` / ``AutoContinuous`` guides, or a hand-written
+``u ~ q(u); z ~ Delta(T(u))``) enters the log-weight through its guide
+density alone, with no model term, as in Pyro's ``Trace_ELBO``:
+
+.. math::
+
+    \\log w = \\log p(x, z) - \\log q(u \\mid x) - \\log q(z \\mid u, x).
+
+When :math:`z = T(u)` is an invertible map and the ``Delta`` at :math:`z`
+carries ``log_density`` :math:`= -\\log |\\det \\partial T / \\partial u|` (as
+Pyro's autoguides set it), :math:`\\log q(u) + \\log q(z \\mid u)` is the
+marginal :math:`\\log q(z \\mid x)`, and every bound is the bound of the
+marginal guide. A guide-only latent site *not* so marked is an error (usually
+a misspelt site name). Observed guide sites (e.g. the auxiliary classifiers of
+CEVAE) belong to no bound and are left out.
+
+**Random subsampling.** A plate with ``subsample_size`` draws new indices on
+every run. Estimators that run the pair several times for one answer (chunks of
+particles, optimisation steps) pin the first run's indices
+(``SiteLogProbs.subsample``, :func:`pin_subsample`), so that every run
+sees the same data points.
+
 Log-densities are **unscaled**: a subsample scale (``pyro.plate(...,
 subsample_size=...)``) or ``poutine.scale`` (beta) does not enter them, so a
 per-datum bound never depends on the minibatch size. The scale of each site is
@@ -18,13 +42,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numbers
+
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..models.base import program_verb
 
@@ -32,7 +58,9 @@ __all__ = [
     "PARTICLE_PLATE",
     "SiteLogProbs",
     "find_data_plate",
+    "check_count",
     "guess_max_plate_nesting",
+    "pin_subsample",
     "site_log_probs",
     "trace_pair",
 ]
@@ -48,9 +76,15 @@ class SiteLogProbs:
     data plate in this run (the subsample, if the plate subsamples).
 
     :ivar dict log_p: model log-densities of latent and observed sites.
-    :ivar dict log_q: guide log-densities of latent sites.
+    :ivar dict log_q: guide log-densities of latent and auxiliary sites.
     :ivar tuple observed: names of observed model sites.
     :ivar tuple latent: names of latent sites (sampled by the guide).
+    :ivar tuple auxiliary: names of auxiliary guide sites (latent guide sites
+        marked ``infer={"is_auxiliary": True}`` that the model lacks): they
+        have ``log_q`` entries and no ``log_p`` entry.
+    :ivar dict subsample: ``{plate name: (subsample_size,) indices}`` of the
+        plates that drew a random subsample in this run (empty when none did);
+        pass it to :func:`pvae.infer.pin_subsample` to run the pair again on the same data.
     :ivar dict scales: the scale (beta, subsample factor) Pyro attached to each
         model site; not applied to the tensors above.
     :ivar dict guide_scales: likewise for guide sites.
@@ -70,6 +104,8 @@ class SiteLogProbs:
     guide_trace: Any = field(repr=False)
     particle_dim: int | None = field(default=None, repr=False)
     data_dim: int | None = field(default=None, repr=False)
+    auxiliary: tuple[str, ...] = ()
+    subsample: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def log_likelihood(self) -> torch.Tensor:
@@ -83,8 +119,9 @@ class SiteLogProbs:
 
     @property
     def log_guide(self) -> torch.Tensor:
-        """:math:`\\log q(z \\mid x)` summed over latent sites: ``(K, batch)`` (0 without a latent site)."""
-        return _total((self.log_q[n] for n in self.latent), empty=self.log_likelihood)
+        """:math:`\\log q(z \\mid x)` summed over latent and auxiliary sites: ``(K, batch)``
+        (0 without a latent site)."""
+        return _total((self.log_q[n] for n in self.latent + self.auxiliary), empty=self.log_likelihood)
 
     @property
     def log_weight(self) -> torch.Tensor:
@@ -122,6 +159,79 @@ def _total(terms: Iterable[torch.Tensor], empty: torch.Tensor | None = None) -> 
         if empty is None:
             raise ValueError("the program has no site of that kind.")
         return torch.zeros_like(empty)
+    return out
+
+
+def check_count(name: str, value: Any, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is a positive integer (``int`` or a numpy
+    integer; not a bool, not a float such as ``2.0``), None if allowed.
+
+    :raises ValueError: naming the argument and showing the value got.
+    """
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}."
+        )
+    return int(value)
+
+
+class _PinSubsample(Messenger):
+    """Replay given indices at the subsample sites of randomly subsampling plates."""
+
+    def __init__(self, indices: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.indices = indices
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["value"] is not None or not site_is_subsample(msg):
+            return  # a subsample given by the program itself (subsample=...) is kept
+        idx = self.indices.get(msg["name"])
+        if idx is None:
+            return
+        fn = msg["fn"]
+        size, wanted = fn.size, fn.subsample_size
+        if (wanted is not None and wanted != idx.shape[0]) or (idx.numel() and int(idx.max()) >= size):
+            raise ValueError(
+                f"plate {msg['name']!r} drew {idx.shape[0]} of {size} indices in the first run of this "
+                f"estimate and now asks for subsample_size={wanted} of size={size}: the runs would "
+                "evaluate different data points. Try passing the indices yourself, "
+                "pyro.plate(..., subsample=idx), with the same plate sizes in every run."
+            )
+        msg["value"], msg["done"] = idx, True
+
+
+def pin_subsample(fn: Callable, subsample: dict[str, torch.Tensor]) -> Callable:
+    """``fn`` with the given subsample indices replayed at its subsampling plates.
+
+    A plate ``pyro.plate(name, size, subsample_size=B)`` draws ``B`` random
+    indices on every run; under this handler the plates named in
+    ``subsample`` use the given indices instead, so that repeated runs of a
+    model/guide pair (chunks of particles, optimisation steps) evaluate the
+    same data points. Plates given ``subsample=`` by the program keep theirs.
+
+    :param callable fn: a model or guide.
+    :param dict subsample: ``{plate name: indices}``, e.g.
+        ``SiteLogProbs.subsample`` of a first run. Empty: ``fn`` itself.
+    :raises ValueError: at run time, when a plate's size or subsample size
+        differs from the pinned indices'.
+    """
+    if not subsample:
+        return fn
+    return _PinSubsample(dict(subsample))(fn)
+
+
+def _random_subsample(*traces: Any) -> dict[str, torch.Tensor]:
+    """Indices of the plates that drew a random subsample, from raw (unpruned) traces."""
+    out: dict[str, torch.Tensor] = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if name in out or not site_is_subsample(site):
+                continue
+            fn = site["fn"]
+            if fn.subsample_size is not None and fn.subsample_size < fn.size:
+                out[name] = site["value"]
     return out
 
 
@@ -335,14 +445,17 @@ def site_log_probs(
         plate is called ``"data"`` or is the only one shared by observed sites.
     :param int max_plate_nesting: the program's plate depth; guessed by one
         extra run if not given.
-    :raises ValueError: on a global latent (a latent outside the data plate:
-        no per-datum density exists for it), or a guide site the model lacks.
+    :raises ValueError: on a non-integer ``num_particles``, a global latent (a
+        latent outside the data plate: no per-datum density exists for it), or
+        a latent guide site the model lacks that is not marked
+        ``infer={"is_auxiliary": True}`` (auxiliary sites enter ``log_q``; see
+        the module docstring).
     """
-    if int(num_particles) != num_particles or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+    num_particles = check_count("num_particles", num_particles)
     model_trace, guide_trace, particle_dim = trace_pair(
         model, guide, args, kwargs, num_particles, max_plate_nesting
     )
+    subsample = _random_subsample(guide_trace, model_trace)
     model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
     _, data_dim = find_data_plate(model_trace, data_plate)
     batch = None
@@ -352,11 +465,10 @@ def site_log_probs(
                 if f.dim == data_dim:
                     batch = f.size
     log_p, log_q, scales, guide_scales = {}, {}, {}, {}
-    observed, latent = [], []
+    observed, latent, auxiliary, unmarked = [], [], [], []
     guide_sites = dict(_sample_sites(guide_trace))
     for name, site in _sample_sites(model_trace):
-        in_data = any(f.dim == data_dim and f.vectorized for f in site["cond_indep_stack"])
-        if not in_data:
+        if not _in_plate(site, data_dim):
             raise ValueError(
                 f"site {name!r} lies outside the data plate: it is a global variable, and "
                 "per-datum bounds need every latent and observation inside the data plate. "
@@ -375,10 +487,38 @@ def site_log_probs(
         latent.append(name)
         log_q[name] = _per_datum(guide_sites[name], particle_dim, data_dim, num_particles, batch)
         guide_scales[name] = guide_sites[name]["scale"]
-    extra = sorted(set(guide_sites) - set(log_p))
-    if extra:
-        raise ValueError(f"guide sites {extra} do not appear in the model.")
+    for name, site in guide_sites.items():
+        if name in log_p or site["is_observed"]:
+            continue  # observed guide sites (auxiliary classifiers) belong to no bound
+        if not site["infer"].get("is_auxiliary", False):
+            unmarked.append(name)
+            continue
+        if not _in_plate(site, data_dim):
+            raise ValueError(
+                f"auxiliary guide site {name!r} lies outside the data plate: it is a global variable "
+                "(e.g. the joint latent of an AutoContinuous guide), and per-datum bounds need every "
+                "latent inside the data plate. Try a guide whose auxiliary sites sit in the data "
+                "plate (e.g. AutoNormal), or fit global variables as parameters."
+            )
+        auxiliary.append(name)
+        log_q[name] = _per_datum(site, particle_dim, data_dim, num_particles, batch)
+        guide_scales[name] = site["scale"]
+    if unmarked:
+        raise _guide_only_error(unmarked)
     return SiteLogProbs(
         log_p, log_q, tuple(observed), tuple(latent), scales, guide_scales, model_trace, guide_trace,
-        particle_dim=particle_dim, data_dim=data_dim,
+        particle_dim=particle_dim, data_dim=data_dim, auxiliary=tuple(auxiliary), subsample=subsample,
+    )
+
+
+def _in_plate(site: dict, dim: int) -> bool:
+    return any(f.dim == dim and f.vectorized for f in site["cond_indep_stack"])
+
+
+def _guide_only_error(names: list[str]) -> ValueError:
+    """The error for latent guide sites that the model lacks and that are not marked auxiliary."""
+    return ValueError(
+        f"guide sites {sorted(names)} do not appear in the model and are not marked auxiliary. "
+        "Try adding them to the model (a misspelt site name?), or, for an auxiliary variable "
+        "whose log q belongs in the bound, pyro.sample(..., infer={'is_auxiliary': True})."
     )

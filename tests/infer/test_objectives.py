@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.distributions import transforms as T
 
 import pvae
@@ -516,3 +517,155 @@ def test_detach_distribution_refuses_a_distribution_that_hides_its_parameters():
 
     with pytest.raises(ValueError, match=r"guide site 'q'.*Hidden.*not stored on the instance"):
         detach_distribution(Hidden(), "q")
+
+
+# -- auxiliary guide sites (audit finding 2) -------------------------------------------------
+def _aux_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+
+_POST_SCALE = torch.tensor(0.2, dtype=DTYPE).sqrt()
+
+
+def _aux_exact_guide(x):
+    # the exact posterior N(x / 1.25, 0.2), drawn as an auxiliary u with a Delta at z
+    with pyro.plate("data", x.shape[0]):
+        u = pyro.sample("u", dist.Normal(x / 1.25, _POST_SCALE), infer={"is_auxiliary": True})
+        pyro.sample("z", dist.Delta(u))
+
+
+def test_auxiliary_guide_sites_enter_the_objectives_as_in_the_seam():
+    # log w = log p(x, u) - log q(u) = log p(x) for every particle: the ELBO and
+    # IWAE objectives must give sum_i log p(x_i) exactly (the audit measured
+    # -7.22 and -6.79 for -5.30: the -log q(u) term was dropped)
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=DTYPE)
+    exact = dist.Normal(0.0, torch.tensor(1.25, dtype=DTYPE).sqrt()).log_prob(x).sum()
+    for objective in (ElboObjective(4), IWAEObjective(4), IWAEObjective(3, alpha=0.5)):
+        terms = _seeded(objective, _aux_model, _aux_exact_guide, (x,))
+        got = terms.elbo if terms.bound is None else terms.bound
+        torch.testing.assert_close(got, exact, atol=1e-12, rtol=0)
+        torch.testing.assert_close(terms.loss, -exact, atol=1e-12, rtol=0)
+    # the same log-weights as the seam, particle by particle
+    s = _seeded(lambda *a: site_log_probs(_aux_model, _aux_exact_guide, x, num_particles=4, max_plate_nesting=1),
+                None, None, None)
+    iw = _seeded(IWAEObjective(4), _aux_model, _aux_exact_guide, (x,))
+    torch.testing.assert_close(iw.bound, (torch.logsumexp(s.log_weight, 0) - math.log(4)).sum())
+
+
+def _auto_normal_pair():
+    """A per-datum model with two local latents (one positive) and Pyro's AutoNormal,
+    whose ``*_unconstrained`` sites are auxiliary and whose model sites are Deltas."""
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            loc = pyro.sample("loc", dist.Normal(torch.zeros((), dtype=DTYPE), 2.0))
+            scale = pyro.sample("scale", dist.LogNormal(torch.zeros((), dtype=DTYPE), 0.5))
+            pyro.sample("x", dist.Normal(loc, scale), obs=x)
+
+    guide = AutoNormal(model, init_scale=0.3)
+    x = _lg_data(5)[:, 0]
+    pyro.set_rng_seed(0)
+    guide(x)  # create the parameters
+    return model, guide, x
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_elbo_objective_with_an_autonormal_guide_is_pyros_trace_elbo(num_particles):
+    # Same seed, same draws: the loss and every guide gradient equal Pyro's
+    # Trace_ELBO (the entropy gradient of the scales was missing before)
+    from pyro.infer import Trace_ELBO
+
+    model, guide, x = _auto_normal_pair()
+    params = [p for _, p in sorted(guide.named_parameters())]
+    ours = _seeded(ElboObjective(num_particles), model, guide, (x,)).loss
+    pyro.set_rng_seed(1)
+    reference = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
+                           max_plate_nesting=1).differentiable_loss(model, guide, x)
+    torch.testing.assert_close(ours, reference)
+    for a, b in zip(_grads(ours, params), _grads(reference, params)):
+        torch.testing.assert_close(a, b)
+    # IWAE with one particle is that ELBO; with K its log-weights are the seam's
+    iw = _seeded(IWAEObjective(1), model, guide, (x,))
+    torch.testing.assert_close(iw.loss, reference if num_particles == 1 else iw.loss)
+    s = _seeded(lambda *a: site_log_probs(model, guide, x, num_particles=num_particles, max_plate_nesting=1),
+                None, None, None)
+    assert set(s.auxiliary) == {"loc_unconstrained", "scale_unconstrained"}
+    iw = _seeded(IWAEObjective(num_particles), model, guide, (x,))
+    torch.testing.assert_close(iw.bound, (torch.logsumexp(s.log_weight, 0) - math.log(num_particles)).sum())
+
+
+def test_an_unmarked_guide_only_site_is_the_seams_error_in_every_objective():
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("zz", dist.Normal(0.0, 1.0))  # misspelt
+            pyro.sample("z", dist.Normal(x / 1.25, _POST_SCALE))
+
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=DTYPE)
+    message = r"guide sites \['zz'\] do not appear in the model and are not marked auxiliary.*Try"
+    for objective in (ElboObjective(), IWAEObjective(2)):
+        with pytest.raises(ValueError, match=message):
+            objective(_aux_model, guide, (x,), {})
+    with pytest.raises(ValueError, match=message):
+        site_log_probs(_aux_model, guide, x)
+
+
+def test_stl_and_dreg_with_auxiliary_sites():
+    # (a) a Delta at z whose value is the auxiliary sample is a hierarchical guide:
+    # detaching the Delta would cut the path z <- u, so STL/DReG refuse it
+    loc = torch.zeros(3, dtype=DTYPE, requires_grad=True)
+
+    def delta_guide(x):
+        with pyro.plate("data", 3):
+            u = pyro.sample("u", dist.Normal(loc, 1.0), infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Delta(u))
+
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=DTYPE)
+    for objective in (ElboObjective(estimator="stl"), IWAEObjective(3, estimator="dreg")):
+        with pytest.raises(ValueError, match=r"site 'z' depend on the latent sample 'u' .*hierarchical"):
+            objective(_aux_model, delta_guide, (x,), {})
+    # (b) an independent auxiliary u ~ N(0, s^2): its term -E log q(u) = log s + c has
+    # gradient 1/s in s. The standard estimator gives it exactly; STL's, with log q
+    # detached, is eps^2 / s per particle: mean 1/s, sd sqrt(2)/s. DReG with K = 1 is STL.
+    s = torch.full((3,), 0.7, dtype=DTYPE, requires_grad=True)
+
+    def independent_guide(x):
+        with pyro.plate("data", 3):
+            pyro.sample("u", dist.Normal(0.0, s), infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Normal(x / 1.25, _POST_SCALE))
+
+    K = 4000
+    standard = _grads(_seeded(ElboObjective(K), _aux_model, independent_guide, (x,)).loss, [s])[0]
+    torch.testing.assert_close(standard, -1 / s.detach())
+    stl = _grads(_seeded(ElboObjective(K, "stl"), _aux_model, independent_guide, (x,)).loss, [s])[0]
+    z = (stl + 1 / s.detach()) / (2**0.5 / s.detach() / K**0.5)
+    assert (z.abs() < 4).all(), z
+    dreg = _grads(_seeded(IWAEObjective(1, "dreg"), _aux_model, independent_guide, (x,)).loss, [s])[0]
+    stl1 = _grads(_seeded(ElboObjective(1, "stl"), _aux_model, independent_guide, (x,)).loss, [s])[0]
+    torch.testing.assert_close(dreg, stl1)
+
+
+# -- a Python bool mask (audit finding 4) -----------------------------------------------------
+@pytest.mark.parametrize("flag", [False, True])
+def test_a_python_bool_mask_works_in_both_objectives(flag):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            with poutine.mask(mask=flag):
+                pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=DTYPE)
+    guide = _plain_guide
+    terms = _seeded(ElboObjective(4), model, guide, (x,))
+    s = _seeded(lambda *a: site_log_probs(model, guide, x, num_particles=4, max_plate_nesting=1), None, None, None)
+    torch.testing.assert_close(terms.elbo, s.log_weight.sum() / 4)
+    assert bool(terms.reconstruction == 0) == (not flag)
+    iw = _seeded(IWAEObjective(4), model, guide, (x,))
+    torch.testing.assert_close(iw.bound, (torch.logsumexp(s.log_weight, 0) - math.log(4)).sum())
+
+
+def _plain_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x / 1.25, _POST_SCALE))
