@@ -44,6 +44,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -65,6 +66,7 @@ def require_lightning() -> Any:
 
 L = require_lightning()
 
+from ._stack import user_stacklevel  # noqa: E402
 from .data.streaming import ArrayDataset  # noqa: E402
 from .inputs import as_data_args, as_data_tuple  # noqa: E402
 from .infer.capture import make_train_step  # noqa: E402
@@ -138,12 +140,26 @@ class PvaeModule(L.LightningModule):
         ``"inductor"``, ``"auto"``), built in each rank. Default False.
     :param int seed: seed the noise of every step from ``(seed, rank, step)``
         (:func:`step_seed`). Default None (leave the generators alone).
+    :param float divergence_factor: as :func:`pvae.fit`'s: a loss per datum above this
+        multiple of ``|first loss| + 1`` (on each rank) stops the run with a
+        ``FloatingPointError``, as does NaN or inf. Default None: only NaN or inf.
+    :param tuple diagnostics: data rows (a tuple of tensors, a few hundred rows) for
+        :func:`pvae.infer.collapse_summary`: every ``diagnostics_every`` epochs and
+        after the last, the row gets ``active_units`` and ``mutual_information``, as
+        :func:`pvae.fit`'s. Default None: no diagnostics.
+    :param int diagnostics_every: epochs between those reports. Default 10.
+
+    Once per epoch (before a checkpoint is written) the parameters are checked to be
+    finite: a non-finite gradient under a finite loss stops the run with a
+    ``FloatingPointError`` naming the parameters, and never reaches a checkpoint.
     """
 
     def __init__(self, program: Any, objective: str | Objective = "elbo", num_particles: int = 1,
                  learning_rate: float = 1e-3, weight_decay: float = 0.0,
                  kl_warmup: int | float | Callable[[float], float] | None = None,
-                 compile: bool | Literal["graph", "inductor", "auto"] = False, seed: int | None = None) -> None:
+                 compile: bool | Literal["graph", "inductor", "auto"] = False, seed: int | None = None,
+                 divergence_factor: float | None = None, diagnostics: tuple | None = None,
+                 diagnostics_every: int | None = 10) -> None:
         super().__init__()
         if not isinstance(program, torch.nn.Module):
             raise TypeError(
@@ -158,6 +174,15 @@ class PvaeModule(L.LightningModule):
         self.learning_rate, self.weight_decay = float(learning_rate), float(weight_decay)
         self.kl_schedule = _kl_schedule(kl_warmup)  # picklable (ddp_spawn pickles the module)
         self.compile, self.seed = compile, seed
+        if divergence_factor is not None and not divergence_factor > 0:
+            raise ValueError(f"divergence_factor must be > 0 or None, got {divergence_factor!r}. Try 1e3.")
+        if diagnostics_every is not None and (isinstance(diagnostics_every, bool) or int(diagnostics_every) != diagnostics_every
+                                              or diagnostics_every < 0):
+            raise ValueError(f"diagnostics_every must be a positive integer or None, got {diagnostics_every!r}.")
+        self.divergence_factor = divergence_factor
+        self.diagnostics = diagnostics if diagnostics_every else None
+        self.diagnostics_every = int(diagnostics_every or 0)
+        self._reference: float | None = None  # |first loss per datum| + 1 on this rank
         self.automatic_optimization = False
         self.history: list[dict[str, float]] = []
         self._step_fn = None
@@ -198,9 +223,15 @@ class PvaeModule(L.LightningModule):
             torch.manual_seed(step_seed(self.seed, self.global_rank, self.global_step))
         with pyro.validation_enabled(False):
             terms = self._step_fn(batch, kl_weight)
-        if not torch.isfinite(terms.loss):
+        value = float(terms.loss) / batch[0].shape[0]  # the one synchronisation of the step
+        if self._reference is None:
+            self._reference = abs(value) + 1.0
+        factor = self.divergence_factor
+        if not math.isfinite(value) or (factor is not None and value > factor * self._reference):
+            why = "became" if not math.isfinite(value) else \
+                f"exceeded {factor:g}x its first value ({self._reference - 1:.4g}):"
             raise FloatingPointError(
-                f"the loss became {float(terms.loss)} at epoch {self.current_epoch}, batch {batch_idx} on rank "
+                f"the loss per datum {why} {value:.4g} at epoch {self.current_epoch}, batch {batch_idx} on rank "
                 f"{self.global_rank}; the last checkpoint is untouched. Try a lower learning_rate."
             )
         _average_gradients(self._params())
@@ -221,7 +252,24 @@ class PvaeModule(L.LightningModule):
         self.log_dict({"val_elbo": terms.elbo / b, "val_reconstruction": terms.reconstruction / b,
                        "val_kl": terms.kl / b}, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
 
+    def _check_finite(self) -> None:
+        """Once per epoch, before a checkpoint can be written: NaN parameters stop the run."""
+        from .infer.engine import _names, nonfinite_tensors
+
+        bad = nonfinite_tensors(self.program, self._params())
+        if bad:
+            raise FloatingPointError(
+                f"the parameters {_names(bad)} became NaN or infinite during epoch {self.current_epoch} on rank "
+                f"{self.global_rank} (a non-finite gradient: the loss stayed finite); the last checkpoint is "
+                "untouched. Try a lower learning_rate, or check the program for log or sqrt at 0."
+            )
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:  # before the epoch's checkpoint
+            self._check_finite()
+
     def on_train_epoch_end(self) -> None:
+        self._check_finite()
         if self._totals is None:  # no batch this epoch (an empty shard): no row
             return
         totals = torch.cat([self._totals, self._totals.new_tensor([float(self._seen)])])
@@ -232,7 +280,8 @@ class PvaeModule(L.LightningModule):
                  **({"bound": bound[0]} if bound else {})}
         self.log_dict(train, on_epoch=True, sync_dist=True)  # the same on every rank already
         val = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val_")}
-        row = {"epoch": self.current_epoch, **train, **val, "seconds": time.perf_counter() - self._epoch_started}
+        row = {"epoch": self.current_epoch, **train, **val, **self._diagnose(),
+               "seconds": time.perf_counter() - self._epoch_started}
         self.history.append(row)
         root = self.trainer.default_root_dir
         if self.global_rank == 0 and root:
@@ -242,11 +291,31 @@ class PvaeModule(L.LightningModule):
             tmp.write_text(json.dumps(self.history))
             os.replace(tmp, path)
 
+    def _diagnose(self) -> dict[str, float]:
+        """``active_units`` and ``mutual_information`` when due (as pvae.fit's CollapseDiagnostics)."""
+        epoch, last = self.current_epoch, int(self.trainer.max_epochs or 1) - 1
+        if self.diagnostics is None or not ((epoch + 1) % self.diagnostics_every == 0 or epoch == last):
+            return {}
+        from .infer.diagnostics import collapse_summary
+
+        args = tuple(t.to(self.device) for t in self.diagnostics)
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+                summary = collapse_summary(self.program, *args)
+        except (ValueError, NotImplementedError, TypeError) as err:
+            if self.global_rank == 0:
+                warnings.warn(f"collapse diagnostics are off for this program: {err}", stacklevel=user_stacklevel())
+            self.diagnostics = None
+            return {}
+        return {"active_units": summary["active_units"], "mutual_information": summary["mutual_information"]}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pvae_history"] = list(self.history)
+        checkpoint["pvae_reference"] = self._reference
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("pvae_history", []))
+        self._reference = checkpoint.get("pvae_reference", self._reference)
 
 
 def load_checkpoint(path: str | os.PathLike, program: Any) -> dict[str, Any]:
@@ -364,6 +433,8 @@ def fit_distributed(
     compile: bool | Literal["graph", "inductor", "auto"] = False,
     timeout: float = 120.0,
     callbacks: Sequence[Any] = (),
+    divergence_factor: float | None = 1e3,
+    diagnostics_every: int | None = 10,
 ) -> FitResult:
     """Train ``program`` with Lightning on ``devices`` processes per node; :func:`pvae.fit` calls
     this when given ``strategy``.
@@ -386,6 +457,12 @@ def fit_distributed(
     :param float timeout: seconds a rank waits for the others in a collective before
         failing (gloo/NCCL timeout). Default 120.
     :param callbacks: Lightning callbacks of your own.
+    :param float divergence_factor: as :func:`pvae.fit`'s (per rank). Default 1000.
+    :param int diagnostics_every: as :func:`pvae.fit`'s: collapse diagnostics on up to 256
+        validation rows (training rows without validation data; tensor data only) every
+        this many epochs and after the last, and a
+        :class:`~pvae.infer.PosteriorCollapseWarning` if no unit is active at the end.
+        None: never. Default 10.
     :raises DistributedTrainingError: when a rank dies or raises; it names the rank and
         the last checkpoint, which is left intact.
     """
@@ -394,7 +471,14 @@ def fit_distributed(
 
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir.")
-    module = PvaeModule(program, objective, num_particles, learning_rate, weight_decay, kl_warmup, compile, seed)
+    diagnostics = None
+    if diagnostics_every:
+        source = validation_data if validation_data is not None else data
+        if not isinstance(source, torch.utils.data.DataLoader):
+            name = "validation_data" if validation_data is not None else "data"
+            diagnostics = tuple(t[:256] for t in as_data_tuple(program, source, name))
+    module = PvaeModule(program, objective, num_particles, learning_rate, weight_decay, kl_warmup, compile, seed,
+                        divergence_factor, diagnostics, diagnostics_every)
     train = _loader(program, data, "data", batch_size, True)
     valid = None if validation_data is None else _loader(program, validation_data, "validation_data",
                                                          max(batch_size, 1024), False)
@@ -432,6 +516,14 @@ def fit_distributed(
     history_file = root / HISTORY_NAME
     history = tuple(json.loads(history_file.read_text())) if history_file.is_file() else tuple(module.history)
     best = history[-1]["epoch"] if history else -1
+    if history and history[-1].get("active_units") == 0:
+        from .infer.diagnostics import PosteriorCollapseWarning
+
+        final = history[-1]
+        warnings.warn(
+            f"the posterior collapsed: no latent unit is active after epoch {final['epoch']} "
+            f"(KL {final['kl']:.3g} nats per datum). Try kl_warmup=..., a smaller beta, or a weaker decoder.",
+            PosteriorCollapseWarning, stacklevel=user_stacklevel())
     return FitResult(program, history, int(best), False, str(last) if last.is_file() else None)
 
 

@@ -5,6 +5,7 @@ and data that do not fit in memory. The distributed jobs run in subprocesses
 from __future__ import annotations
 
 import os
+import warnings
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,81 @@ def test_a_backed_anndata_file_streams_batches_into_a_conditional_count_model(tm
     assert len(result.history) == 2 and result.history[1]["loss"] < result.history[0]["loss"]
     with pytest.raises(ValueError, match="no layer 'raw'"):
         from_anndata(backed, layer="raw", stream=True)
+
+
+# -- pvae.fit's options on the Lightning path (one process, in this process: strategy="auto") --
+def _in_process_fit(program, x, **kw):
+    from pvae.lightning import fit_distributed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's own chatter (no val loader, deprecations)
+        return fit_distributed(program, x, strategy="auto", devices=1, batch_size=16, **kw)
+
+
+def _small_data() -> torch.Tensor:
+    return (torch.rand(64, 12, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+
+
+def test_distributed_fit_stops_at_divergence_factor_and_adds_collapse_diagnostics():
+    torch.manual_seed(1)
+    with pytest.raises(FloatingPointError, match="exceeded 1000x its first value"):
+        _in_process_fit(VAE(12, latent_dim=2, hidden_dims=(8,)), _small_data(), num_epochs=2, learning_rate=1e6)
+    torch.manual_seed(1)
+    res = _in_process_fit(VAE(12, latent_dim=2, hidden_dims=(8,)), _small_data(), num_epochs=2, learning_rate=1e6,
+                          divergence_factor=None, diagnostics_every=None)
+    assert res.history[-1]["loss"] > 1e3 * 8 and "active_units" not in res.history[-1]
+    torch.manual_seed(1)
+    res = _in_process_fit(VAE(12, latent_dim=2, hidden_dims=(8,)), _small_data(), num_epochs=3, diagnostics_every=2)
+    assert ["active_units" in row for row in res.history] == [False, True, True]  # epoch 1, and the last
+
+
+class _NanGradVAE(torch.nn.Module):
+    """A normal-normal pair with an encoder: finite loss, NaN gradient while ``on``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = torch.nn.Linear(1, 1)
+        self.on = False
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            loc = self.net(x.unsqueeze(-1)).squeeze(-1)
+            if self.on:
+                loc = loc + 0.0 * (loc - loc.detach()).abs().sqrt()
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+
+@pytest.mark.parametrize("validate", [False, True])  # the checkpoint is written after training or after validation
+def test_distributed_fit_never_checkpoints_nan_parameters(tmp_path, validate):
+    # One batch per epoch; the NaN gradient in epoch 1 makes the parameters NaN under a finite
+    # loss: the run stops naming them, and last.ckpt keeps epoch 0's finite parameters.
+    from lightning.pytorch.callbacks import Callback as LightningCallback
+
+    from pvae.lightning import load_checkpoint
+
+    program = _NanGradVAE()
+
+    class SwitchOn(LightningCallback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            program.on = trainer.current_epoch == 1
+
+    x = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(FloatingPointError, match=r"the parameters 'net.weight', 'net.bias' became NaN .* epoch 1"):
+        _in_process_fit(program, x, num_epochs=3, checkpoint_dir=tmp_path, callbacks=[SwitchOn()],
+                        diagnostics_every=None, validation_data=x[:8] if validate else None)
+    fresh = _NanGradVAE()
+    ckpt = load_checkpoint(tmp_path, fresh)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(p).all() for p in fresh.parameters())

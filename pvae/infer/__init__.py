@@ -6,7 +6,7 @@ from .arviz_export import PsisDiagnostics, psis_diagnostics, to_inference_data
 from .bounds import BoundEstimate, EvidenceEstimate, iwae_bound, log_evidence
 from .callbacks import LearningRateSchedule
 from .capture import CapturedFunction, CapturedStep, CaptureWarning, TrainStep, is_capturing, make_train_step
-from .engine import Callback, TrainState
+from .engine import Callback, NonFiniteParametersError, TrainState
 from .diagnostics import (
     CollapseReport,
     PosteriorCollapseWarning,
@@ -46,6 +46,7 @@ __all__ = [
     "GapReport",
     "IWAEObjective",
     "LearningRateSchedule",
+    "NonFiniteParametersError",
     "Objective",
     "PosteriorCollapseWarning",
     "PsisDiagnostics",

@@ -8,6 +8,7 @@ pass their own with ``pvae.fit(..., callbacks=[...])``; they run after these.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from .._stack import user_stacklevel
-from .engine import Callback, TrainState, restore, snapshot
+from .engine import Callback, TrainState, _names, nonfinite_tensors, restore, snapshot
 from .objectives import StepTerms
 
 __all__ = [
@@ -60,8 +61,11 @@ class ProgramHook(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops a diverging run before its update: a loss per datum that is NaN, infinite
-    or above ``factor`` times ``|first loss| + 1`` restores the last good epoch's
+    """Stops a diverging run: a loss per datum that is NaN, infinite or above
+    ``factor`` times ``|first loss| + 1`` (checked before the update), or
+    parameters that became NaN or infinite during an epoch (a non-finite gradient
+    under a finite loss; the engine checks once per epoch, before the epoch's
+    parameters become the last good state), restores the last good epoch's
     parameters and raises ``error(message, state)``.
 
     :param float factor: the size criterion (None: only NaN or inf).
@@ -80,33 +84,64 @@ class DivergenceGuard(Callback):
         if state.reference is None:
             state.reference = abs(value) + 1.0
         if not math.isfinite(value) or (self.factor is not None and value > self.factor * state.reference):
+            # only now (the run is over): were the parameters already non-finite, from the last update?
+            bad = nonfinite_tensors(state.program, state.params) if not math.isfinite(value) else []
             restore(state.program, state.params, state.good_state)
-            raise self.error(self._message(value, state), state)
+            why = (f"the loss per datum became {value:.4g} at epoch {state.epoch} step {state.step} because the "
+                   f"parameters {_names(bad)} were already NaN or infinite (after the previous update: a non-finite "
+                   "gradient?)" if bad else None)
+            raise self.error(self._message(value, state, why), state)
 
-    def _message(self, value: float, state: TrainState) -> str:
-        why = "became" if not math.isfinite(value) else f"exceeded {self.factor:g}x its first value ({state.reference - 1:.4g}):"
+    def on_nonfinite(self, state: TrainState, names: list[str]) -> None:
+        why = (f"the parameters {_names(names)} became NaN or infinite during epoch {state.epoch} (a non-finite "
+               "gradient: the loss, computed before each update, stayed finite)")
+        raise self.error(self._message(math.nan, state, why), state)
+
+    def _message(self, value: float, state: TrainState, why: str | None = None) -> str:
+        if why is None:
+            size = "became" if not math.isfinite(value) else \
+                f"exceeded {self.factor:g}x its first value ({state.reference - 1:.4g}):"
+            why = f"the loss per datum {size} {value:.4g} at epoch {state.epoch} step {state.step}"
         where = "their values before training" if state.epoch == 0 else f"the end of epoch {state.epoch - 1}"
         path = self.checkpoint_path
         kept = f"; the last good checkpoint {path} is intact" if path is not None and path.exists() else ""
         return (
-            f"training diverged: the loss per datum {why} {value:.4g} at epoch {state.epoch} step {state.step} "
-            f"(learning_rate={self.learning_rate:g}). The parameters were restored to {where}{kept}. "
-            "Try a smaller learning_rate, clip_norm=..., or check the data for extreme values."
+            f"training diverged: {why} (learning_rate={self.learning_rate:g}). The parameters were restored to "
+            f"{where}{kept}. Try a smaller learning_rate, clip_norm=..., or check the data for extreme values "
+            "(and the program for log, sqrt or division at 0)."
         )
 
 
 class ClipGradNorm(Callback):
-    """Clips the gradients' total norm to ``max_norm`` before each update."""
+    """Clips the gradients' total norm to ``max_norm`` before each update.
+
+    :param float max_norm: the largest norm, > 0.
+    """
 
     def __init__(self, max_norm: float) -> None:
-        self.max_norm = max_norm
+        self.max_norm = check_clip_norm(max_norm)
 
     def on_gradients(self, state: TrainState, terms: StepTerms, batch_size: int) -> None:
         torch.nn.utils.clip_grad_norm_(state.params, self.max_norm)
 
 
+def check_clip_norm(value: Any) -> float:
+    """``value`` as a float > 0, or a ValueError (a norm <= 0 would stop or reverse learning)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(
+            f"clip_norm must be a number > 0 (the largest gradient norm), got {value!r}: 0 would stop all "
+            "learning and a negative norm would reverse the gradient. Try clip_norm=10.0, or None for no clipping."
+        )
+    return float(value)
+
+
 class LearningRateSchedule(Callback):
-    """Steps a ``torch.optim.lr_scheduler`` after every update (or every epoch).
+    """Steps a ``torch.optim.lr_scheduler`` after every update (or every epoch), and
+    adds ``learning_rate`` to each epoch's row: the rate of the epoch's last update
+    (for ``every="epoch"`` the rate of the whole epoch).
+
+    A checkpoint of :func:`pvae.fit` carries the scheduler's ``state_dict``, and a
+    resumed run continues the schedule (and its learning rate) where it stopped.
 
     :param callable make: ``optimizer -> scheduler``, e.g.
         ``lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.999)``.
@@ -118,18 +153,42 @@ class LearningRateSchedule(Callback):
             raise ValueError(f"every must be 'step' or 'epoch', got {every!r}.")
         self.make, self.every = make, every
         self.scheduler: Any = None
+        self._pending: dict[str, Any] | None = None  # a checkpoint's state, loaded once the scheduler exists
+        self._used = math.nan
 
     def on_fit_start(self, state: TrainState) -> None:
         self.scheduler = self.make(state.optimizer)
+        if self._pending is not None:
+            self._load(state.optimizer, self._pending)
+            self._pending = None
 
     def on_step_end(self, state: TrainState, terms: StepTerms, batch_size: int) -> None:
         if self.every == "step":
+            self._used = state.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self.every == "epoch":
+            self._used = state.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
-        state.row["learning_rate"] = self.scheduler.get_last_lr()[0]
+        state.row["learning_rate"] = float(self._used)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The scheduler's ``state_dict`` (for a checkpoint)."""
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue a checkpointed schedule (applied when the scheduler is made, if it is not yet)."""
+        if self.scheduler is None:
+            self._pending = saved
+        else:
+            self._load(self.scheduler.optimizer, saved)
+
+    def _load(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(saved)
+        # the rate the schedule had reached, whatever this call's learning_rate set
+        for group, lr in zip(optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
 
 
 class ProgressBar(Callback):
@@ -217,14 +276,16 @@ class Validation(Callback):
 
     :param callable evaluate: ``() -> dict`` of validation metrics with an
         ``"elbo"`` (higher is better), or None for no validation data.
-    :param int patience: epochs without a better score before stopping (None: never).
+    :param int patience: epochs without a better score before stopping, >= 1
+        (None or 0: never stop early, as in :meth:`pvae.causal.CEVAE.fit`).
     :param bool restore_best: after an early stop, end at the best epoch's parameters.
     """
 
     def __init__(self, evaluate: Callable[[], dict[str, float]] | None, patience: int | None,
                  restore_best: bool) -> None:
-        self.evaluate, self.patience, self.restore_best = evaluate, patience, restore_best
-        self.stopped_early = False
+        patience = check_patience(patience)
+        self.evaluate, self.patience, self.restore_best = evaluate, patience or None, restore_best
+        self.stopped_early = False  # after the run: ``state.stopped_early`` (also a resumed run that had stopped)
 
     def on_epoch_end(self, state: TrainState) -> None:
         improved = True
@@ -243,11 +304,22 @@ class Validation(Callback):
         else:
             state.bad_epochs += 1
         if self.patience is not None and state.bad_epochs >= self.patience:
-            state.stop = self.stopped_early = True
+            state.stop = state.stopped_early = self.stopped_early = True
 
     def on_fit_end(self, state: TrainState) -> None:
-        if self.stopped_early and self.restore_best and state.best_state is not None:
+        self.stopped_early = state.stopped_early
+        if state.stopped_early and self.restore_best and state.best_state is not None:
             restore(state.program, state.params, state.best_state)
+
+
+def check_patience(patience: Any) -> int | None:
+    """``patience`` as an int >= 0 or None (0 and None: never stop early), or a ValueError."""
+    if patience is None:
+        return None
+    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
+        raise ValueError(f"patience must be a non-negative integer (0 or None: never stop early), got {patience!r}. "
+                         "Try patience=5.")
+    return int(patience)
 
 
 class RecordEpoch(Callback):

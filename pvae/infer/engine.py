@@ -6,7 +6,7 @@ eager or captured) leaves gradients in ``.grad``, the optimiser updates, and
 once per epoch the step totals become a history row. What a training run
 does beyond that (the progress bar, validation and early stopping, checkpoints
 and resume, the divergence guard, collapse diagnostics, learning-rate and KL
-schedules, a user's own hooks) is a :class:`Callback` with seven hooks, called
+schedules, a user's own hooks) is a :class:`Callback` with eight hooks, called
 in list order:
 
 ==================  ==================================================================
@@ -20,10 +20,22 @@ hook                when
 ``on_epoch_end``    after the epoch's row is computed (``state.row``); set
                     ``state.stop`` to end the run after this epoch
 ``on_fit_end``      once, after the last epoch (also after an early stop)
+``on_nonfinite``    the parameters became NaN or infinite during the epoch; they
+                    are already restored to ``state.good_state`` (raise your error)
 ==================  ==================================================================
 
+**The last good state.** Once per epoch, before the end-of-epoch snapshot
+becomes ``state.good_state`` (which checkpoints write), every trained tensor is
+checked to be finite: one reduction an epoch, nothing per step. A non-finite
+gradient makes the update NaN without the loss (computed before the update)
+showing it; if that happens, the parameters are restored to the last good
+state, the callbacks' ``on_nonfinite`` runs (the divergence guard raises its
+error there), and otherwise :class:`NonFiniteParametersError` is raised: a run
+never ends with, snapshots or checkpoints NaN parameters. Within an epoch the
+next step's loss is NaN, which the divergence guard catches at that step.
+
 PyTorch Lightning and Ignite keep their trainers short the same way (events and
-handlers); this engine has seven events and no other machinery.
+handlers); this engine has eight events and no other machinery.
 """
 
 from __future__ import annotations
@@ -33,13 +45,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import pyro
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
 from .capture import TrainStep
 from .objectives import Objective, StepTerms
 
-__all__ = ["Callback", "FusedAdam", "TrainState", "adam", "minibatches", "restore", "run", "snapshot"]
+__all__ = ["Callback", "FusedAdam", "NonFiniteParametersError", "TrainState", "adam", "minibatches",
+           "nonfinite_tensors", "restore", "run", "snapshot"]
+
+
+class NonFiniteParametersError(FloatingPointError):
+    """Trained tensors became NaN or infinite during an epoch (the engine's own
+    error when no callback raised one in ``on_nonfinite``); the parameters were
+    restored to the last good state.
+
+    :ivar list names: the non-finite tensors (state-dict keys, or ``params.i``).
+    :ivar int epoch: the epoch in which they became non-finite.
+    """
+
+    def __init__(self, message: str, names: list[str], epoch: int) -> None:
+        super().__init__(message)
+        self.names, self.epoch = names, epoch
 
 
 @dataclass
@@ -66,6 +94,8 @@ class TrainState:
     :ivar int bad_epochs: epochs since it improved.
     :ivar dict best_state: the parameters at ``best_epoch``, if kept.
     :ivar float reference: ``|first loss per datum| + 1``, the divergence guard's scale.
+    :ivar bool stopped_early: whether early stopping set ``stop`` (a checkpoint carries it:
+        a resumed run that had stopped early trains no further).
     """
 
     program: Any
@@ -88,6 +118,7 @@ class TrainState:
     bad_epochs: int = 0
     best_state: dict[str, Any] | None = None
     reference: float | None = None
+    stopped_early: bool = False
 
     @property
     def progress(self) -> float:
@@ -118,6 +149,22 @@ class Callback:
 
     def on_fit_end(self, state: TrainState) -> None:
         """Once, after the last epoch."""
+
+    def on_nonfinite(self, state: TrainState, names: list[str]) -> None:
+        """The tensors ``names`` became NaN or infinite during ``state.epoch``; the
+        parameters are already restored to ``state.good_state``. Raise an error here to
+        replace the engine's :class:`NonFiniteParametersError`."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """State a checkpoint must carry for a resumed run to continue this callback
+        exactly (e.g. a learning-rate scheduler's), or None (the default: nothing).
+        It must load with ``torch.load(weights_only=True)``: tensors, numbers,
+        strings, and lists, tuples and dicts of them."""
+        return None
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue from what :meth:`state_dict` returned (a resumed run calls it from
+        ``on_fit_start``, possibly before this callback's own ``on_fit_start``)."""
 
 
 def adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -271,6 +318,25 @@ def snapshot(program: Any, params: Sequence[torch.Tensor]) -> dict[str, Any]:
     return state
 
 
+def nonfinite_tensors(program: Any, params: Sequence[torch.Tensor]) -> list[str]:
+    """The names of the trained tensors ``params`` that hold a NaN or an infinity (the
+    module's parameter names, else the Pyro param store's, else ``param i``); one
+    synchronisation in all.
+    Buffers are not trained and not checked (a buffer may hold an infinity on purpose)."""
+    params = [p for p in params if p.is_floating_point() and p.numel()]
+    if not params:
+        return []
+    with torch.no_grad():
+        device = params[0].device  # (a no-op move for parameters on one device)
+        finite = torch.stack([torch.isfinite(p).all().to(device) for p in params]).tolist()
+    if all(finite):
+        return []
+    names = {id(p): name for name, p in pyro.get_param_store().named_parameters()}
+    if isinstance(program, torch.nn.Module):
+        names.update((id(p), name) for name, p in program.named_parameters())
+    return [names.get(id(p), f"param {i}") for i, (p, ok) in enumerate(zip(params, finite)) if not ok]
+
+
 def restore(program: Any, params: Sequence[torch.Tensor], state: dict[str, Any]) -> None:
     """Write a :func:`snapshot` back into the program and parameters."""
     own: set[int] = set()
@@ -280,6 +346,12 @@ def restore(program: Any, params: Sequence[torch.Tensor], state: dict[str, Any])
             own = {id(p) for p in program.parameters()}
         for p, saved in zip([p for p in params if id(p) not in own], state["params"]):
             p.copy_(saved)
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    """``'a', 'b', 'c' and 2 more``: the first few of a list of tensor names."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def minibatches(tensors: Sequence[torch.Tensor], batch_size: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -308,8 +380,15 @@ def run(state: TrainState, batches: Callable[[], Iterable[tuple[torch.Tensor, ..
     is_module = isinstance(state.program, torch.nn.Module)
     for cb in callbacks:
         cb.on_fit_start(state)
+    bad = nonfinite_tensors(state.program, state.params)
+    if bad:
+        raise NonFiniteParametersError(
+            f"{_names(bad)} are NaN or infinite before training starts (epoch {state.epoch}): there is no good "
+            "state to train from. Try a freshly built program, or resume=False if they came from a checkpoint.",
+            bad, state.epoch)
     state.good_state = snapshot(state.program, state.params)
-    for epoch in range(state.epoch, state.num_epochs):
+    # a run that a checkpoint says had stopped early is finished: it trains no further
+    for epoch in range(state.epoch, state.epoch if state.stop else state.num_epochs):
         state.epoch, state.step, state.row = epoch, 0, {}
         if is_module:
             state.program.train()
@@ -338,6 +417,17 @@ def run(state: TrainState, batches: Callable[[], Iterable[tuple[torch.Tensor, ..
         loss, rec, kl, *bound = (totals / n_seen).tolist()
         state.row = {"epoch": epoch, "loss": loss, "elbo": rec - kl, "reconstruction": rec, "kl": kl,
                      "kl_weight": float(state.kl_weight), **({"bound": bound[0]} if bound else {})}
+        bad = nonfinite_tensors(state.program, state.params)  # once an epoch: NaN never becomes the good state
+        if bad:
+            restore(state.program, state.params, state.good_state)
+            for cb in callbacks:
+                cb.on_nonfinite(state, bad)
+            where = "their values before training" if epoch == 0 else f"the end of epoch {epoch - 1}"
+            raise NonFiniteParametersError(
+                f"training diverged: {_names(bad)} became NaN or infinite during epoch {epoch} (a non-finite "
+                f"gradient, e.g. from sqrt or log at 0, although the loss was finite). The parameters were restored "
+                f"to {where}. Try a smaller learning_rate, clip_norm=..., or check the program for non-finite "
+                "gradients.", bad, epoch)
         state.good_state = snapshot(state.program, state.params)
         for cb in callbacks:
             cb.on_epoch_end(state)

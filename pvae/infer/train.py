@@ -11,6 +11,7 @@ index permutation, never through a ``DataLoader``.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from .callbacks import (
     ProgressBar,
     RecordEpoch,
     Validation,
+    check_clip_norm,
+    check_patience,
 )
 from .capture import CapturedFunction, CapturedStep, TrainStep, make_train_step
 from .engine import Callback, TrainState, adam, minibatches, restore, run, snapshot
@@ -41,6 +44,7 @@ from .objectives import Objective, make_objective
 
 __all__ = ["CheckpointError", "FitResult", "TrainingDivergedError", "fit", "load_checkpoint"]
 
+_INT_DEFAULTS = {"num_epochs": 10, "batch_size": 128}
 CHECKPOINT_FORMAT = "pvae-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
 _CHECKPOINT_KEYS = ("program", "epoch", "state", "optimizer", "history", "best_epoch", "best_val",
@@ -214,20 +218,40 @@ def _check_compatible(ckpt: dict, program: Program, params: Sequence[torch.Tenso
 
 
 class Checkpoint(Callback):
-    """Writes ``checkpoint.pt`` atomically after every epoch (parameters, optimiser,
-    history, early-stopping state, divergence reference, RNG state); with
-    ``resume``, continues the run from it (this call's learning rate and weight
-    decay win over the saved ones).
+    """Continues a run from ``checkpoint.pt`` with ``resume``; its :attr:`writer`
+    (a callback to run *last*, after every other ``on_epoch_end``) writes the file
+    atomically after every epoch: parameters, optimiser, history, early-stopping
+    state, divergence reference, RNG state, and the ``state_dict`` of every
+    callback that has one (a :class:`~pvae.infer.LearningRateSchedule`'s scheduler).
+
+    On resume this call's learning rate and weight decay win over the saved ones,
+    except that a learning-rate schedule restored from the checkpoint continues at
+    the rate it had reached. A run that had stopped early is finished: it is
+    returned as it ended, without another epoch.
 
     :param pathlib.Path path: the checkpoint file.
     :param bool resume: continue from ``path`` if it exists.
     :param float learning_rate: this call's learning rate.
     :param float weight_decay: this call's weight decay.
+    :param callbacks: the run's callbacks, whose ``state_dict`` the checkpoint carries.
     """
 
-    def __init__(self, path: Path, resume: bool, learning_rate: float, weight_decay: float) -> None:
+    def __init__(self, path: Path, resume: bool, learning_rate: float, weight_decay: float,
+                 callbacks: Sequence[Callback] = ()) -> None:
         self.path, self.resume = path, resume
         self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.callbacks = list(callbacks)
+        self.writer = _CheckpointWriter(self)
+
+    def _stateful(self) -> dict[str, Callback]:
+        """The callbacks a checkpoint carries state for, by ``"ClassName#k"`` (the k-th
+        stateful callback of its class: other options of fit do not shift the keys)."""
+        out: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            if type(cb).state_dict is not Callback.state_dict:
+                name = type(cb).__name__
+                out[f"{name}#{sum(k.startswith(name + '#') for k in out)}"] = cb
+        return out
 
     def on_fit_start(self, state: TrainState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,9 +267,15 @@ class Checkpoint(Callback):
         state.history = [dict(h) for h in ckpt["history"]]
         state.epoch = int(ckpt["epoch"]) + 1
         state.best_epoch, state.best_val, state.bad_epochs = ckpt["best_epoch"], ckpt["best_val"], ckpt["bad_epochs"]
+        state.stop = state.stopped_early = bool(ckpt.get("stopped_early", False))
+        saved = ckpt.get("callbacks") or {}
+        for key, cb in self._stateful().items():
+            if saved.get(key) is not None:
+                cb.load_state_dict(saved[key])
         _set_rng_state(ckpt["rng"])
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def save(self, state: TrainState) -> None:
+        """Write the checkpoint of the epoch that just ended."""
         _atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -259,10 +289,23 @@ class Checkpoint(Callback):
                 "bad_epochs": state.bad_epochs,
                 "best_state": state.best_state,
                 "reference": state.reference,
+                "stopped_early": state.stopped_early,
+                "callbacks": {key: cb.state_dict() for key, cb in self._stateful().items()},
                 "rng": _rng_state(),
             },
             self.path,
         )
+
+
+class _CheckpointWriter(Callback):
+    """:class:`Checkpoint`'s writer: the last ``on_epoch_end``, so that the file holds
+    every callback's row values and the RNG state after every callback's draws."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.checkpoint.save(state)
 
 
 # -- schedules -------------------------------------------------------------------
@@ -371,8 +414,9 @@ def fit(
     :param data: a tensor ``(n, ...)``, a tuple of tensors sharing their first
         dimension (passed to the program as positional arguments, e.g.
         ``(x, mask)``), or an iterable of batches such as a ``DataLoader``.
-    :param int num_epochs: passes over the data. Default 10.
-    :param int batch_size: minibatch size for tensor data. Default 128.
+    :param int num_epochs: passes over the data (an integer: ``True`` or ``10.0``
+        are refused; numpy integers are fine). Default 10.
+    :param int batch_size: minibatch size for tensor data (an integer). Default 128.
     :param float learning_rate: Adam's step size. Default 1e-3.
     :param validation_data: like ``data``; evaluated after every epoch.
     :param objective: ``"elbo"``, ``"iwae"`` or ``"renyi"`` (built by
@@ -386,15 +430,21 @@ def fit(
         rises linearly from 0 to 1 (per step), or a callable ``epoch -> weight``
         taking a fractional epoch.
     :param int patience: stop after this many epochs without a better
-        validation ELBO (needs ``validation_data``).
+        validation ELBO (needs ``validation_data``). 0 or None: never stop early
+        (as in :meth:`pvae.causal.CEVAE.fit`); negative values are refused.
     :param bool restore_best: with early stopping, end at the best epoch's
-        parameters. Default True.
+        parameters (without an early stop it has no effect). Default True.
     :param float weight_decay: Adam's L2 penalty. Default 0.
-    :param float clip_norm: clip the gradient norm to this value.
+    :param float clip_norm: clip the gradient norm to this value, > 0 (None: no clipping).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch
         (atomically: a crash never leaves a half-written file).
     :param bool resume: continue from ``checkpoint_dir``'s checkpoint; with the
-        same ``seed`` this reproduces an uninterrupted run exactly.
+        same ``seed`` this reproduces an uninterrupted run exactly, a
+        :class:`~pvae.infer.LearningRateSchedule` in ``callbacks`` included (its
+        state is checkpointed; it continues at the rate it had reached, whatever
+        ``learning_rate`` says; without a schedule this call's ``learning_rate``
+        and ``weight_decay`` win over the saved ones). A run that had stopped
+        early is finished: resuming it returns it as it ended, without training.
     :param int seed: seed for Pyro, torch, numpy and random: the noise, the
         minibatch order and any ``pyro.param`` sites first made during the
         fit. The program's own weights were drawn when it was built; seed
@@ -435,23 +485,36 @@ def fit(
         strategy, with ``devices`` processes (or accelerators) per node on ``num_nodes``
         nodes and ``batch_size`` rows per process; see :func:`pvae.lightning.fit_distributed`
         (checkpoints are Lightning's, read by :func:`pvae.lightning.load_checkpoint`).
-        ``patience``, ``clip_norm``, ``callback``, ``callbacks`` and ``device`` are this
-        engine's and are refused there (use Lightning's callbacks and ``accelerator``).
+        ``divergence_factor`` and ``diagnostics_every`` act there too. ``patience`` (other
+        than 0), ``clip_norm``, ``callback``, ``callbacks``, ``device`` and
+        ``restore_best=False`` (it acts only after an early stop) are this engine's
+        and are refused there (use Lightning's callbacks and ``accelerator``).
         Default None: this process.
     :param devices: with ``strategy``: processes or accelerators per node. Default ``"auto"``.
     :param int num_nodes: with ``strategy``: machines. Default 1.
     :param str accelerator: with ``strategy``: ``"cpu"``, ``"gpu"`` or ``"auto"``. Default ``"cpu"``.
+        ``devices``, ``num_nodes`` and ``accelerator`` other than their defaults without
+        ``strategy`` are refused (this process trains on ``device``).
     :returns: a :class:`FitResult`.
     :raises TrainingDivergedError: on a diverging loss, naming the epoch and
-        step; parameters are restored to the last good epoch and the last
-        checkpoint is left intact.
+        step, or on parameters that became NaN or infinite during an epoch
+        (a non-finite gradient under a finite loss; checked once per epoch),
+        naming the epoch and the parameters; parameters are restored to the last
+        good epoch and the last checkpoint is left intact (it never holds
+        non-finite parameters).
     """
     for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}. Try {name}={_INT_DEFAULTS[name]}.")
+    num_epochs, batch_size = int(num_epochs), int(batch_size)
+    patience = check_patience(patience) or None  # 0: never stop early, as in CEVAE.fit
+    if clip_norm is not None:
+        clip_norm = check_clip_norm(clip_norm)
     if strategy is not None:
         engine_only = {"patience": patience is not None, "clip_norm": clip_norm is not None,
-                       "callback": callback is not None, "callbacks": bool(callbacks), "device": device is not None}
+                       "callback": callback is not None, "callbacks": bool(callbacks), "device": device is not None,
+                       # it acts only after an early stop, and patience is refused here
+                       "restore_best=False": restore_best is not True}
         refused = [name for name, given in engine_only.items() if given]
         if refused:
             raise ValueError(f"{refused} are options of the single-process engine, not of strategy={strategy!r}. "
@@ -463,7 +526,14 @@ def fit(
                                learning_rate=learning_rate, validation_data=validation_data, objective=objective,
                                num_particles=num_particles, kl_warmup=kl_warmup, weight_decay=weight_decay,
                                checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=bool(progress),
-                               compile=compile)
+                               compile=compile, divergence_factor=divergence_factor,
+                               diagnostics_every=diagnostics_every)
+    distributed_only = {"devices": (devices, "auto"), "num_nodes": (num_nodes, 1), "accelerator": (accelerator, "cpu")}
+    given = [f"{name}={value!r}" for name, (value, default) in distributed_only.items() if value != default]
+    if given:
+        raise ValueError(f"{', '.join(given)} only act with strategy=... (PyTorch Lightning); without it pvae.fit "
+                         "trains in this process. Try strategy='ddp_spawn' for several processes, or device='cuda' "
+                         "to train this process on a GPU.")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
     if patience is not None and validation_data is None:
@@ -522,17 +592,19 @@ def fit(
     if diag_source is not None and diagnostics_every:
         epoch_end.append(CollapseDiagnostics(tuple(t[:256] for t in diag_source), int(diagnostics_every)))
     epoch_end.append(RecordEpoch())
-    if ckpt_path is not None:
-        epoch_end.append(Checkpoint(ckpt_path, resume, learning_rate, weight_decay))
+    checkpoint = Checkpoint(ckpt_path, resume, learning_rate, weight_decay) if ckpt_path is not None else None
     if callback is not None:
         epoch_end.append(EpochEnd(callback))
+    hooks = [*steps_first, *guards, bar, *epoch_end, *callbacks]
+    if checkpoint is not None:  # restores first, writes last
+        checkpoint.callbacks = hooks
+        hooks = [checkpoint, *hooks, checkpoint.writer]
     try:
         with pyro.validation_enabled(False):  # checked once above
-            run(state, lambda: _batches(program, tensors, loader, batch_size, True, device),
-                [*steps_first, *guards, bar, *epoch_end, *callbacks])
+            run(state, lambda: _batches(program, tensors, loader, batch_size, True, device), hooks)
     finally:
         bar.close()
-    return FitResult(program, tuple(state.history), state.best_epoch, validation.stopped_early, _str(ckpt_path))
+    return FitResult(program, tuple(state.history), state.best_epoch, state.stopped_early, _str(ckpt_path))
 
 
 def _str(path: Path | None) -> str | None:
