@@ -457,7 +457,8 @@ class _InternalCoordinates(Likelihood):
     :func:`pvae.models.internal_coordinates` gives them (concatenated).
 
     Bond lengths are log-normal (location from the decoder, a learned scale
-    per bond); angles and dihedrals von Mises (locations from (cos, sin)
+    per bond); angles von Mises folded onto [0, pi] (the density of
+    :math:`|\\theta|`), dihedrals von Mises (locations from (cos, sin)
     outputs, learned concentrations); scale and concentrations through exp
     links, since real spreads (0.02 Å, concentrations of 10^3) lie orders of
     magnitude from any start. A chain decoded this way has bond lengths
