@@ -54,7 +54,9 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import random
 import time
 import warnings
@@ -213,6 +215,8 @@ class CapturedStep(TrainStep):
         self._recorded: Callable[..., Any] | None = None  # make_fx's graph, which the checks replay
         self._signature: tuple | None = None
         self._used: list[int] = []  # params that receive a gradient
+        self._trainable: tuple[bool, ...] = ()  # params' requires_grad when captured
+        self._mutated: list[torch.Tensor] = []  # buffers the graph updates in place (running statistics)
         self._has_bound = False
         self._steps = 0
         if isinstance(objective, EnumElboObjective):
@@ -233,6 +237,8 @@ class CapturedStep(TrainStep):
         if self.fallback is not None:
             return super().__call__(batch, kl_weight)
         signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
+        if self._graph is not None and tuple(p.requires_grad for p in self.params) != self._trainable:
+            self._graph = None  # parameters were frozen or unfrozen: the graph's gradients are not theirs
         if self._graph is None:
             self._capture(batch)
             self._steps = 0  # a new graph is checked at its first step
@@ -255,14 +261,16 @@ class CapturedStep(TrainStep):
     # -- capture ------------------------------------------------------------------------
     def _function(self) -> Callable[..., Any]:
         objective, program, params, kwargs, size = self.objective, self.program, self.params, self.kwargs, self.data_size
+        trainable = [i for i, p in enumerate(params) if p.requires_grad]  # frozen ones get no gradient, as eagerly
 
         def step(kl_weight: torch.Tensor, *batch: torch.Tensor):
             terms = objective(program.model, program.guide, batch, kwargs, kl_weight)
-            grads = torch.autograd.grad(terms.loss / (size or batch[0].shape[0]), params, allow_unused=True)
+            grads = torch.autograd.grad(terms.loss / (size or batch[0].shape[0]), [params[i] for i in trainable],
+                                        allow_unused=True)
             values = [terms.loss.detach(), terms.reconstruction, terms.kl]
             if terms.bound is not None:
                 values.append(terms.bound)
-            return values, [g for g in grads if g is not None], [i for i, g in enumerate(grads) if g is not None]
+            return values, [g for g in grads if g is not None], [i for i, g in zip(trainable, grads) if g is not None]
 
         return step
 
@@ -284,19 +292,29 @@ class CapturedStep(TrainStep):
             with torch.no_grad():
                 self.objective(self.program.model, self.program.guide, batch, self.kwargs, 1.0)
 
+        buffers = _module_buffers(self.program)
+        trainable = tuple(p.requires_grad for p in self.params)
         try:
-            graph = trace_graph(traced, (weight, *batch), warm_up)
+            with _kept(buffers):  # the warm-up and the trace are not steps: they update no running statistics
+                graph = trace_graph(traced, (weight, *batch), warm_up)
         except _Uncapturable as err:
             self._fall_back(err.reason, err.site)
             return
+        mutated = _mutated_constants(graph)
+        kept = {t.untyped_storage().data_ptr() for t in buffers}
+        if any(t.untyped_storage().data_ptr() not in kept for t in mutated):
+            self._fall_back("the program updates tensors in place (e.g. running statistics) that are not buffers "
+                            "of modules pvae can find from it, so the extra runs of a capture and its checks could not "
+                            "be undone (this capture's two updated them)", None)
+            return
         self._graph = self._recorded = graph
-        self._used, self._has_bound = used, has_bound[0]
+        self._used, self._has_bound, self._mutated, self._trainable = used, has_bound[0], mutated, trainable
         self._signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
         if self.mode == "inductor":
             self._graph = _compile(graph, batch[0].device)
-            with _fork_rng(batch):  # compile now, as it will run, so that the time printed includes it
+            with _fork_rng(batch), _kept(mutated):  # compile now, as it will run, so that the time printed includes it
                 compiled, _ = self._run_graph(batch, weight)
-            with _fork_rng(batch):
+            with _fork_rng(batch), _kept(mutated):
                 recorded, _ = self._run_graph(batch, weight, self._recorded)
             if not _close(_values(compiled), _values(recorded)):
                 self._graph = self._recorded
@@ -364,7 +382,7 @@ class CapturedStep(TrainStep):
         rounding difference that moves a pre-activation across a ReLU's kink
         changes a gradient by far more than the rounding (0.3% of its norm, seen
         on MNIST): compared with eager, a sound compiled step can look stale."""
-        with _fork_rng(batch):
+        with _fork_rng(batch), _kept(self._mutated):  # only the eager step updates running statistics
             replayed, grads = self._run_graph(batch, weight, self._recorded)
         eager = TrainStep.__call__(self, batch, kl_weight)
         eager_grads = [self.params[i].grad for i in self._used]
@@ -395,8 +413,8 @@ COMPILE_CHOICES = (False, True, "graph", "inductor", "auto")
 
 def check_compile(compile: Any, choices: tuple[Any, ...] = COMPILE_CHOICES) -> None:
     """:raises ValueError: unless ``compile`` is one of ``choices`` (default
-    :data:`COMPILE_CHOICES`; ``1`` is not ``True``)."""
-    if compile not in choices or isinstance(compile, int) and not isinstance(compile, bool):
+    :data:`COMPILE_CHOICES`; ``1``, ``1.0`` or ``numpy.True_`` is not ``True``)."""
+    if not any(compile is c if isinstance(c, bool) else isinstance(compile, str) and compile == c for c in choices):
         raise ValueError(f"compile must be one of {list(choices)}, got {compile!r}.")
 
 
@@ -570,6 +588,55 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor | None]) -> bool:
         <= 1e-3 * float(torch.linalg.vector_norm(y.detach().double())) + 1e-6
         for x, y in zip(a, b)
     )
+
+
+def _module_buffers(program: Any) -> list[torch.Tensor]:
+    """The buffers of the program's modules: the program itself, the modules whose
+    methods its ``model`` and ``guide`` are, and the modules plain functions name
+    (closure variables and globals)."""
+    modules = [program]
+    for fn in (program.model, program.guide):
+        modules.append(getattr(fn, "__self__", None))
+        try:
+            names = inspect.getclosurevars(fn)
+        except TypeError:  # a callable object or a builtin: no code to read
+            continue
+        modules.extend((*names.nonlocals.values(), *names.globals.values()))
+    seen: dict[int, torch.Tensor] = {}
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            seen.update((id(b), b) for b in m.buffers())
+    return list(seen.values())
+
+
+def _mutated_constants(graph: torch.fx.GraphModule) -> list[torch.Tensor]:
+    """The graph's tensor constants that its operations write in place (a BatchNorm's
+    running statistics): replaying the graph updates them, as a step does. Read from
+    the operations' schemas, and by name for the running statistics, which
+    ``aten.native_batch_norm`` updates without declaring it."""
+    out: dict[int, torch.Tensor] = {}
+    for node in graph.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for arg, value in zip(schema.arguments, node.args):
+            written = arg.alias_info is not None and arg.alias_info.is_write
+            if (written or arg.name in ("running_mean", "running_var")) and getattr(value, "op", None) == "get_attr":
+                tensor = getattr(graph, value.target)
+                out[id(tensor)] = tensor
+    return list(out.values())
+
+
+@contextlib.contextmanager
+def _kept(tensors: Sequence[torch.Tensor]):
+    """Run the block, then put ``tensors`` back as they were (a run that is not a step)."""
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
 
 
 def _fork_rng(tensors: Sequence[torch.Tensor]):
