@@ -5,6 +5,12 @@ notebooks with ``jupytext --to notebook``). Each reads three environment
 variables: ``PVAE_SMOKE=1`` (tiny sizes), ``PVAE_FIGURES`` (where to save
 PNGs) and ``PVAE_DATA`` (the shared data folder; parts that need it are
 skipped with a message when it is absent).
+
+The identities a tutorial's text states (an ELBO equal to reconstruction - KL,
+a gap equal to a KL, a bound below the exact log-evidence, a Monte Carlo
+estimate within a few standard errors of its closed form, ...) are plain
+``assert``s in the tutorial itself, with tolerances that hold in smoke mode,
+so a tutorial that prints a broken identity exits non-zero and fails here.
 """
 
 from __future__ import annotations

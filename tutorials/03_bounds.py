@@ -136,6 +136,11 @@ print(f"ELBO closed form    {elbo_exact.mean():8.3f}")
 print(f"ELBO Monte Carlo    {terms.elbo.mean():8.3f} +- {terms.elbo_stderr.pow(2).sum().sqrt() / num_coins:.3f}")
 print(f"log p(x) - ELBO     {(exact - elbo_exact).mean():8.4f}")
 print(f"KL(q || posterior)  {gap_exact.mean():8.4f}  (the same: the identity above)")
+# the identity is exact: equal up to float32 rounding of log-Beta terms of size ~10
+assert torch.allclose(exact - elbo_exact, gap_exact, atol=1e-4), (exact - elbo_exact - gap_exact).abs().max()
+# the Monte Carlo ELBO estimates the closed form: within 4 standard errors of the mean over coins
+elbo_se = terms.elbo_stderr.pow(2).sum().sqrt() / num_coins
+assert (terms.elbo.mean() - elbo_exact.mean()).abs() <= 4 * elbo_se, (terms.elbo.mean(), elbo_exact.mean(), elbo_se)
 
 # %% [markdown]
 # Now the importance-weighted bounds. `iwae_bound` returns a per-datum
@@ -168,6 +173,10 @@ coin_curve = bound_curve(coin.model, coin.guide, flips)
 posterior_curve = bound_curve(coin.model, coin.exact_posterior_guide, flips)
 print("IWAE_K, guide = prior:    ", [round(v, 3) for v in coin_curve[0].tolist()])
 print("IWAE_K, guide = posterior:", [round(v, 3) for v in posterior_curve[0].tolist()])
+# with the exact posterior as guide every weight is p(x): IWAE_K = log p(x) for every K, up to rounding
+assert torch.allclose(posterior_curve[0], exact.mean().expand(len(Ks)), atol=1e-4), posterior_curve[0]
+# IWAE_K <= log p(x) holds in expectation: each estimate (K >= 2; K = 1 has no stderr) within 4 standard errors
+assert bool((coin_curve[0][1:] <= exact.mean() + 4 * coin_curve[1][1:]).all()), coin_curve
 
 # %% [markdown]
 # With the exact posterior as guide every weight equals $p(x)$, so every bound,
@@ -202,6 +211,13 @@ for factor in (1.0, 2.0):
     ppca_curves[f"diagonal q, scale x{factor:g}"] = bound_curve(ppca.model, ppca.guide, x_ppca)
     print(f"scale x{factor:g}: ELBO {ppca_elbos[factor]:.3f}, gap {ppca_exact - ppca_elbos[factor]:.3f} nats")
 print(f"log p(x) {ppca_exact:.3f}")
+# the best diagonal guide's gap is 1/2 (sum_j log Lambda_jj - log det Lambda), the same for every datum
+noise_var = torch.as_tensor(ppca.noise_scale).detach() ** 2
+precision = (weight.T @ weight + noise_var * torch.eye(2)) / noise_var  # Lambda, from the formula above
+diagonal_gap = 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision))
+assert abs(ppca_exact - ppca_elbos[1.0] - diagonal_gap.item()) < 1e-3, (ppca_exact - ppca_elbos[1.0], diagonal_gap)
+# ... and it is the best diagonal guide, so the x2-wide one has a strictly larger gap (closed forms, no noise)
+assert ppca_elbos[2.0] < ppca_elbos[1.0] < ppca_exact, ppca_elbos
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 plot_bounds(axes[0], {"q = prior": coin_curve, "q = exact posterior": posterior_curve},
@@ -221,6 +237,9 @@ save(fig, "oracle_bounds")
 ppca.init_guide_from_posterior()
 print("best diagonal q std:      ", ppca.encoder_scale.detach().numpy().round(3))
 print("posterior marginal std:   ", ppca.posterior(x_ppca[:1]).variance[0].sqrt().numpy().round(3))
+# the best diagonal q has std 1 / sqrt(Lambda_jj), below the marginal std sqrt((Lambda^-1)_jj) (exact; rounding)
+assert torch.allclose(ppca.encoder_scale.detach(), precision.diagonal().rsqrt(), rtol=1e-4)
+assert bool((ppca.encoder_scale.detach() < ppca.posterior(x_ppca[:1]).variance[0].sqrt()).all())
 
 # %% [markdown]
 # That is no accident of PCA; it is the direction of the KL in the ELBO.
@@ -312,6 +331,15 @@ for label, program in fits.items():
     reverse, forward = kls(q)
     print(f"{label:24} {q.loc.item():6.2f} {q.scale.item():6.2f} | {reverse:8.3f} {forward:8.3f} | "
           f"{log_px - reverse:7.3f}")
+    if label.startswith("reverse"):
+        # each reverse fit sits on the mode on its starting side; q (sd ~0.3, mode ~1.8) has no mass on the
+        # other side, so KL(q || p) = log 2 + KL(q || that half of p) >= log 2 (up to quadrature error)
+        assert (q.loc.item() > 0) == ("+1" in label), (label, q.loc)
+        assert reverse >= math.log(2) - 1e-3, (label, reverse)
+reversed_kls = [kls(dist.Normal(p.q_loc.detach(), p.q_scale.detach())) for p in fits.values()]
+# moment matching minimises the forward KL over Gaussians (exact, on the grid); the reverse fits have the better ELBO
+assert all(reversed_kls[-1][1] <= f + 1e-3 for _, f in reversed_kls[:-1]), reversed_kls
+assert all(r < reversed_kls[-1][0] for r, _ in reversed_kls[:-1]), reversed_kls
 
 # %% [markdown]
 # The reverse fits each land on one mode (which one depends on where they start)
@@ -389,6 +417,8 @@ for label, objective in runs.items():
     with torch.no_grad():
         active = int((vae.encode(x_test)[0].var(0) > 0.01).sum())
     table[label] = (ev.elbo.mean().value.item(), ev.log_evidence.mean().value.item(), active)
+    # log p^(x) and the ELBO come from the same K weights: log mean w >= mean log w (Jensen, exact per datum)
+    assert bool((ev.variational_gap >= -1e-4).all()), ev.variational_gap.min()
 
 print(f"{len(x_train)} training images, {epochs} epochs; test: first {num_test} images, log p^(x) with K={evidence_k}")
 print(f"{'objective':16} {'test ELBO':>9} {'log p^(x)':>9} {'gap':>6} {'AU':>4}")

@@ -171,11 +171,18 @@ save(fig, "label_to_image")
 # %%
 test_labels = F.one_hot(test_y, 10).float()
 with torch.no_grad():
-    widths = {
-        "label only": mvae.encode(None, test_labels)[1].mean(0),
-        "image only": mvae.encode(test_images, None)[1].mean(0),
-        "image + label": mvae.encode(test_images, test_labels)[1].mean(0),
+    stds = {
+        "label only": mvae.encode(None, test_labels)[1],
+        "image only": mvae.encode(test_images, None)[1],
+        "image + label": mvae.encode(test_images, test_labels)[1],
     }
+    widths = {name: sd.mean(0) for name, sd in stds.items()}
+# the joint precision is the sum of the experts' (each single-modality posterior includes the prior's 1):
+# 1 / s_both^2 = 1 / s_label^2 + 1 / s_image^2 - 1, per datum and dimension (float rounding), so adding a
+# modality can only narrow q
+joint_precision = stds["label only"].pow(-2) + stds["image only"].pow(-2) - 1
+assert torch.allclose(stds["image + label"].pow(-2), joint_precision, rtol=1e-4), "product of experts"
+assert bool((stds["image + label"] <= torch.minimum(stds["label only"], stds["image only"]) * (1 + 1e-5)).all())
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for i, (name, w) in enumerate(widths.items()):
     ax.bar(torch.arange(8) + (i - 1) * 0.27, w, width=0.27, label=name)

@@ -107,10 +107,15 @@ curve = train(vae, x, schedule, track)
 gap = float(solution.log_likelihood) - curve[-1]
 print(f"PPCA log-likelihood {float(solution.log_likelihood):.4f}; linear VAE ELBO {curve[-1]:.4f} "
       f"(gap {gap:.4f} nats per datum); largest principal angle {angles[-1]:.2f} degrees")
+# ELBO <= log p_theta(x) <= the maximum-likelihood log p(x): at every epoch, not only at the optimum (rounding)
+assert max(curve) <= float(solution.log_likelihood) + 1e-4, (max(curve), float(solution.log_likelihood))
 with torch.no_grad():
     mc = pvae.infer.elbo_terms(vae.model, vae.guide, x[:500], num_particles=32)
 print(f"Monte Carlo ELBO of the program on 500 points: {float(mc.elbo.mean()):.4f} "
       f"(closed form {float(vae.elbo_closed_form(x[:500]).mean()):.4f})")
+# the Monte Carlo ELBO estimates the closed form: within 4 standard errors of the mean over the 500 points
+mc_se = float(mc.elbo_stderr.pow(2).sum().sqrt()) / 500
+assert abs(float(mc.elbo.mean()) - float(vae.elbo_closed_form(x[:500]).mean())) <= 4 * mc_se, mc_se
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 axes[0].plot(curve, label="linear VAE: ELBO (closed form)")
@@ -172,6 +177,8 @@ ang = principal_angles(lin_digits.weight, sol_digits.components).rad2deg()
 print("principal angles, linear VAE vs PCA on digits (degrees):", [round(float(a), 2) for a in ang])
 print(f"ELBO {float(lin_digits.elbo_closed_form(digits).mean()):.3f} vs PPCA log-likelihood "
       f"{float(sol_digits.log_likelihood):.3f} nats per image")
+# the ELBO is a lower bound on the PPCA maximum log-likelihood (rounding)
+assert float(lin_digits.elbo_closed_form(digits).mean()) <= float(sol_digits.log_likelihood) + 1e-4
 # align the decoder's basis to the PCs for display: project W onto U_8 and back
 q, _ = torch.linalg.qr(lin_digits.weight.detach())
 aligned = q @ (q.T @ sol_digits.components)
@@ -205,6 +212,9 @@ field = lattice_field(1000 if SMOKE else 4000, size=size, mass=mass, seed=0)
 rg = LinearVAE(size, latents)
 train(rg, field.x, schedule)
 basis, wavenumbers = field.modes.basis, field.modes.wavenumbers
+# the Fourier modes' variances are 1 / (m^2 + 4 sin^2(pi k / N)), as stated above (float rounding)
+spectrum = 1 / (mass**2 + 4 * torch.sin(torch.pi * wavenumbers.double() / size) ** 2)
+assert torch.allclose(field.mode_variances.double(), spectrum, rtol=1e-5), (field.mode_variances, spectrum)
 # share of the decoder's columns (||W||^2) in each |k|
 power = (basis.T @ rg.weight.detach()).pow(2).sum(1)
 by_k = torch.zeros(size // 2 + 1).index_add_(0, wavenumbers.abs(), power)

@@ -91,7 +91,10 @@ grid = torch.linspace(0, 120, 241)
 fig, ax = plt.subplots(figsize=(6, 3))
 for rate in (0.01, 0.03, 0.1):
     model = RelaxedCategoricalVAE(64, temperature=2.0, min_temperature=0.5, anneal_rate=rate)
-    ax.plot(grid, [model.temperature_at(float(e)) for e in grid], label=f"r = {rate} per epoch")
+    taus = torch.tensor([model.temperature_at(float(e)) for e in grid])
+    # the schedule is the formula of the introduction (float rounding)
+    assert torch.allclose(taus, (2.0 * torch.exp(-rate * grid)).clamp(min=0.5), rtol=1e-5), rate
+    ax.plot(grid, taus, label=f"r = {rate} per epoch")
 ax.axhline(0.5, color="k", lw=0.8, ls=":")
 ax.set_xlabel("epoch")
 ax.set_ylabel("temperature tau")
@@ -137,6 +140,9 @@ for straight_through in (False, True):
     for tau in temperatures:
         leaf = logits.expand(num_draws, *logits.shape).clone().requires_grad_()  # one copy per draw
         codes = GumbelSoftmaxCategorical(tau, logits=leaf, straight_through=straight_through).rsample()
+        if straight_through:  # the forward value is a one-hot code at every temperature (up to float rounding)
+            one_hot = torch.nn.functional.one_hot(codes.argmax(-1), 10).to(codes.dtype)
+            assert torch.allclose(codes.detach(), one_hot, atol=1e-6), tau
         objective = probe.decode(codes).log_prob(x_probe).sum()
         (grads,) = torch.autograd.grad(objective, leaf)  # (draws, 32, 1, 10): one gradient per draw
         norm, total_var = exact.norm(), grads.var(0).sum()

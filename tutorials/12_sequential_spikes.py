@@ -107,6 +107,9 @@ fit = pvae.fit(dmm, (x, lengths), num_epochs=epochs, batch_size=32, learning_rat
                progress=False, diagnostics_every=None)
 print(f"final ELBO {fit.history[-1]['elbo']:.1f} nats per trial "
       f"(reconstruction {fit.history[-1]['reconstruction']:.1f}, KL {fit.history[-1]['kl']:.1f})")
+# ELBO = reconstruction - KL, term by term (float rounding of ~1000-nat sums)
+assert abs(fit.history[-1]["elbo"] - (fit.history[-1]["reconstruction"] - fit.history[-1]["kl"])) < 1e-3 * abs(
+    fit.history[-1]["elbo"]), fit.history[-1]
 
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot([h["elbo"] for h in fit.history])

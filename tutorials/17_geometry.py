@@ -27,8 +27,8 @@
 #   valid, lattice for *every* latent, von Mises fractional coordinates and
 #   categorical atom types;
 # * `likelihood="internal_coordinates"`: bond lengths (log-normal), bond angles
-#   and dihedrals (von Mises), with `cartesian_from_internal` (NeRF) to build
-#   the chain.
+#   (von Mises folded onto [0, pi]) and dihedrals (von Mises), with
+#   `cartesian_from_internal` (NeRF) to build the chain.
 
 # %%
 import math
