@@ -97,16 +97,26 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def _average_gradients(params: Sequence[torch.Tensor]) -> None:
-    """Average ``.grad`` over the ranks: one all-reduce of the flattened gradients."""
+    """Average ``.grad`` over the ranks: one all-reduce of the flattened gradients.
+
+    A rank without a gradient for a parameter contributes zeros (its rows did not
+    reach it: as in one process with the global batch). A parameter that no rank has
+    a gradient for keeps ``.grad`` None, as in one process, so that Adam leaves it
+    alone (no weight decay, no step from its running moments): one flag per
+    parameter, counting the ranks that have its gradient, travels in the same all-reduce.
+    """
     _, world = _world()
     if world == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], dtype=flat.dtype, device=flat.device)
+    flat = torch.cat([flat, has_grad])
     dist.all_reduce(flat)
-    flat /= world
-    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
-        p.grad = chunk.view_as(p)
+    ranks_with_grad = flat[-len(grads):].tolist()
+    flat = flat[:-len(grads)].div_(world)
+    for p, chunk, count in zip(params, flat.split([g.numel() for g in grads]), ranks_with_grad):
+        p.grad = chunk.view_as(p).to(p.dtype) if count > 0 else None  # (the flat buffer has the widest dtype)
 
 
 class PvaeModule(L.LightningModule):
@@ -126,7 +136,9 @@ class PvaeModule(L.LightningModule):
     ``val_reconstruction``, ``val_kl`` with validation data (``sync_dist``).
     Optimisation is manual: pvae's step (eager or captured) leaves the
     gradients, which are averaged over the ranks, then Adam updates (see the
-    module docstring).
+    module docstring). A program's ``on_train_step(epoch)`` (its own schedules,
+    e.g. a Gumbel-softmax temperature) is called before every step with the
+    fractional epoch, as :func:`pvae.fit` calls it.
 
     :param program: anything with ``model`` and ``guide`` whose parameters are an
         ``nn.Module``'s (pvae's programs; a user's ``PyroModule``).
@@ -219,6 +231,9 @@ class PvaeModule(L.LightningModule):
         steps = self.trainer.num_training_batches
         epoch = self.current_epoch + (batch_idx / steps if math.isfinite(steps) and steps else 0.0)
         kl_weight = float(self.kl_schedule(epoch))
+        hook = getattr(self.program, "on_train_step", None)
+        if callable(hook):  # the program's own schedules (a temperature), as pvae.fit's ProgramHook
+            hook(epoch)
         if self.seed is not None:
             torch.manual_seed(step_seed(self.seed, self.global_rank, self.global_step))
         with pyro.validation_enabled(False):

@@ -1,6 +1,7 @@
 """Many processes: pvae programs on PyTorch Lightning (DDP over gloo on loopback, CPU only),
 and data that do not fit in memory. The distributed jobs run in subprocesses
-(``tests/lightning_jobs.py``: spawned ranks need a ``__main__`` guard), bounded in time."""
+(``tests/lightning_jobs.py``: spawned ranks need a ``__main__`` guard), bounded in time; the
+gradient-averaging test spawns its two small ranks from here, with a deadline."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ pytest.importorskip("lightning")
 JOBS = Path(__file__).with_name("lightning_jobs.py")
 
 
-def _job(name: str, tmp_path: Path, *extra: str, timeout: int = 240) -> dict:
+def _job(name: str, tmp_path: Path, *extra: str, timeout: int = 240, output: bool = False):
+    """The job's measurements (and, with ``output``, its ranks' stdout and stderr as well)."""
     out = tmp_path / f"{name}.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(JOBS.parents[1]), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(JOBS), name, str(out), *extra], capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert done.returncode == 0 and out.is_file(), done.stdout[-3000:] + done.stderr[-5000:]
-    return torch.load(out, weights_only=False)
+    result = torch.load(out, weights_only=False)
+    return (result, done.stdout, done.stderr) if output else result
 
 
 def test_two_ranks_train_to_the_parameters_of_one_process_with_the_global_batch(tmp_path):
@@ -36,12 +39,97 @@ def test_two_ranks_train_to_the_parameters_of_one_process_with_the_global_batch(
     micro-batches (each with its rank's noise, ``step_seed``) and the mean of their gradients,
     under a KL warm-up: the same parameters after 8 steps (eager and captured steps), the same
     epoch losses and per-datum ELBOs."""
-    r = _job("equal", tmp_path)
+    r, stdout, stderr = _job("equal", tmp_path, output=True)
     assert r["moved"] > 1e-2, r  # training did move the parameters
     assert r["diff"] < 1e-6, r  # measured 0.0
     assert r["diff_captured"] < 1e-6, r  # the captured step (compile=True) in each rank: measured 0.0
+    # ... and it was the captured step that ran there (eager would match too): each rank captured
+    # the step once (CapturedStep's verbose line) and none fell back to eager (a CaptureWarning)
+    assert stdout.count("pvae: captured the training step (graph)") == 2, stdout[-3000:]
+    assert "CaptureWarning" not in stderr and "runs eagerly" not in stderr, stderr[-5000:]
     assert np.allclose(r["history_loss"], r["ref_epoch_loss"], rtol=1e-6), r
     assert torch.allclose(r["elbo_ddp"], r["elbo_ref"], atol=1e-5)
+
+
+def _rank_gradients(step: int) -> list[dict[str, torch.Tensor | None]]:
+    """Each rank's gradients at ``step``: ``both`` on both ranks, ``one`` on rank 0 only, ``late`` on
+    rank 1 at step 1 only (then none, but Adam's moments), ``unused`` never."""
+    grads = []
+    for rank in range(2):
+        g = torch.Generator().manual_seed(10 * step + rank)
+        grads.append({"both": torch.randn(3, generator=g),
+                      "one": torch.randn(2, generator=g) if rank == 0 else None,
+                      "late": torch.randn(4, generator=g) if (rank, step) == (1, 1) else None,
+                      "unused": None})
+    return grads
+
+
+def _gradient_params() -> dict[str, torch.nn.Parameter]:
+    return {"both": torch.nn.Parameter(torch.ones(3)), "one": torch.nn.Parameter(torch.ones(2)),
+            "late": torch.nn.Parameter(torch.ones(4)), "unused": torch.nn.Parameter(torch.ones(5))}
+
+
+def _average_gradients_rank(rank: int, port: int, out: str) -> None:
+    """A rank of the test below: 3 Adam steps (weight decay) on gradients averaged by pvae.lightning."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from pvae.infer.engine import adam
+    from pvae.lightning import _average_gradients
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))
+    params = _gradient_params()
+    opt = adam(params.values(), lr=0.1, weight_decay=0.1)
+    for step in range(3):
+        for name, grad in _rank_gradients(step)[rank].items():
+            params[name].grad = grad
+        _average_gradients(list(params.values()))
+        opt.step()
+    if rank == 0:
+        torch.save({name: p.detach() for name, p in params.items()}, out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_leave_a_gradient_that_no_rank_has_to_adam_as_one_process_does(tmp_path):
+    """2 gloo ranks whose step gives a parameter a gradient on both ranks, on one rank, on one rank
+    once, or never, against one process with both ranks' rows (a rank without the gradient adds
+    zeros): the same parameters after 3 Adam steps with weight decay; a parameter no rank has a
+    gradient for keeps ``.grad`` None, so Adam leaves it unchanged (no decay, no momentum)."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    from pvae.infer.engine import adam
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two.pt"
+    ranks = mp.start_processes(_average_gradients_rank, args=(port, str(out)), nprocs=2, join=False,
+                               start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two ranks did not finish in 120 s")
+    two = torch.load(out, weights_only=True)
+    params = _gradient_params()
+    opt = adam(params.values(), lr=0.1, weight_decay=0.1)
+    for step in range(3):
+        g0, g1 = _rank_gradients(step)
+        for name, p in params.items():
+            grads = [g for g in (g0[name], g1[name]) if g is not None]
+            p.grad = None if not grads else (sum(grads, torch.zeros_like(p)) / 2)
+        opt.step()
+    assert torch.equal(two["unused"], torch.ones(5)), two  # no weight decay without a gradient
+    for name, p in params.items():
+        assert torch.equal(two[name], p.detach()), (name, two[name], p)
+    assert all(not torch.equal(two[name], torch.ones_like(two[name])) for name in ("both", "one", "late"))
 
 
 def test_per_datum_bounds_gathered_from_two_ranks_equal_one_process_in_data_order(tmp_path):
@@ -230,3 +318,27 @@ def test_distributed_fit_never_checkpoints_nan_parameters(tmp_path, validate):
     ckpt = load_checkpoint(tmp_path, fresh)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(p).all() for p in fresh.parameters())
+
+
+def test_distributed_fit_anneals_the_programs_temperature_as_pvae_fit_does():
+    """The program's ``on_train_step`` runs before every step under Lightning too, with the
+    fractional epochs that pvae.fit passes: RelaxedCategoricalVAE ends both at the same temperature."""
+    from pvae.models import RelaxedCategoricalVAE
+
+    def recorded() -> tuple[RelaxedCategoricalVAE, list[float]]:
+        torch.manual_seed(0)
+        program = RelaxedCategoricalVAE(12, num_categorical=2, num_categories=3, hidden_dims=(8,), anneal_rate=0.5,
+                                        min_temperature=0.1)
+        calls: list[float] = []
+        hook = program.on_train_step
+        program.on_train_step = lambda epoch: (calls.append(epoch), hook(epoch))
+        return program, calls
+
+    x = _small_data()  # 64 rows, batches of 16: 4 steps an epoch
+    single, single_calls = recorded()
+    pvae.fit(single, x, num_epochs=3, batch_size=16, progress=False, diagnostics_every=None)
+    spread, spread_calls = recorded()
+    _in_process_fit(spread, x, num_epochs=3, diagnostics_every=None)
+    assert single_calls == [e + k / 4 for e in range(3) for k in range(4)]
+    assert spread_calls == single_calls
+    assert spread.temperature == single.temperature == single.temperature_at(2.75) < 0.26
