@@ -22,7 +22,8 @@ from scipy import stats
 import pvae
 from pvae.analysis import AnomalyDetector, anomaly_scores, pearson_residuals
 from pvae.models import LinearGaussian, ModelGuidePair
-from pvae.models.nets import positive
+from pvae.infer.traces import site_log_probs
+from pvae.models.nets import MIN_SCALE, positive
 
 N_CAL, N_TEST, FPR = 2000, 5000, 0.05
 
@@ -133,6 +134,46 @@ def test_pearson_residuals_of_a_poisson_model_are_standardised(at):
     assert torch.all(r_off.mean(0) > 0.3)
 
 
+def _poisson_vae_on_z() -> pvae.VAE:
+    """A Poisson VAE whose rate does depend on z: no hidden layers, so the rate is
+    positive(W z + b) with W, b set here; the encoder head outputs loc 0 and scale 1 whatever
+    x is, so q(z | x) = N(0, I)."""
+    vae = pvae.VAE(5, latent_dim=2, hidden_dims=(), likelihood="poisson")
+    with torch.no_grad():
+        head = vae.encoder_head.linear  # rows: [loc (2), raw scale (2)]
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0] + [math.log(math.expm1(1.0 - MIN_SCALE))] * 2))
+        vae.decoder[-1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, -0.5], [2.0, 0.0]]))
+        vae.decoder[-1].bias.copy_(torch.tensor([0.0, 1.0, 0.5, 2.0, -1.0]))
+    return vae
+
+
+def test_pearson_residuals_at_draws_add_the_between_draw_variance():
+    """With K draws z_k of the guide, m = mean_k rate_k and v = mean_k rate_k (Poisson: the
+    variance is the rate) + mean_k (rate_k - m)^2 (law of total variance, biased 1/K). The
+    draws are those of the same seeded trace; the rates and moments are recomputed here in
+    float64 from W and b, so the agreement is float32 rounding (rtol 1e-5)."""
+    vae = _poisson_vae_on_z()
+    w, b = vae.decoder[-1].weight.detach().double(), vae.decoder[-1].bias.detach().double()
+    x = torch.tensor([[0.0, 3.0, 1.0, 9.0, 0.0], [2.0, 1.0, 5.0, 4.0, 1.0], [1.0, 0.0, 0.0, 12.0, 6.0]])
+    k = 16
+    torch.testing.assert_close(vae.encode(x), (torch.zeros(3, 2), torch.ones(3, 2)))
+    pyro.set_rng_seed(7)
+    r = pearson_residuals(vae, x, num_samples=k)
+    pyro.set_rng_seed(7)
+    with torch.no_grad():
+        z = site_log_probs(vae.model, vae.guide, x, num_particles=k).guide_trace.nodes["z"]["value"].double()
+    assert z.shape == (k, 3, 2)
+    rate = torch.nn.functional.softplus(z @ w.T + b) + MIN_SCALE  # (K, n, 5)
+    m = rate.mean(0)
+    within, between = rate.mean(0), ((rate - m) ** 2).mean(0)
+    # the between-draw term is not negligible here (measured 0.14 to 1.4 of the within-draw
+    # term): without it every residual moves by a factor > sqrt(1.1), far outside the tolerance
+    assert torch.all(between / within > 0.1), between / within
+    expected = (x.double() - m) / (within + between).sqrt()
+    torch.testing.assert_close(r.double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_pearson_residuals_mask_missing_entries_and_other_families():
     vae = _poisson_vae(torch.zeros(4))
     x = torch.poisson(torch.ones(50, 4))
@@ -144,6 +185,13 @@ def test_pearson_residuals_mask_missing_entries_and_other_families():
     for likelihood in ("bernoulli", "negative_binomial"):
         model = pvae.VAE(4, latent_dim=2, hidden_dims=(8,), likelihood=likelihood)
         assert torch.isfinite(pearson_residuals(model, (x > 1).float())).all()
+    # Bernoulli at the guide's mean: v = m (1 - m), m = sigmoid(decoder(encoder loc)), by hand
+    torch.manual_seed(3)
+    model = pvae.VAE(4, latent_dim=2, hidden_dims=(8,), likelihood="bernoulli")
+    xb = (x > 1).float()
+    with torch.no_grad():
+        m = torch.sigmoid(model.decoder(model.encode(xb)[0]))
+    torch.testing.assert_close(pearson_residuals(model, xb, at="mean"), (xb - m) / (m * (1 - m)).sqrt())
     categorical = pvae.VAE(4, latent_dim=2, hidden_dims=(8,), likelihood="categorical",
                            likelihood_kwargs={"cardinalities": [3] * 4})
     with pytest.raises(ValueError, match="Categorical.*Try"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pvae.analysis import dci, disentanglement, mutual_information_gap
-from pvae.models import VAE
+from pvae.models import CountVAE, VAE
 
 
 def _factors(n=3000, seed=0):
@@ -63,6 +63,21 @@ def test_disentanglement_reads_a_programs_encoder_means_and_bad_input_is_refused
     v = _factors(500)
     res = disentanglement(vae, x, v, batch_size=128)
     assert res.codes.shape == (500, 3) and res.mutual_information.shape == (3, 3)
+    # the codes are the encoder's means (loc, not scale), joined over 4 chunks of <= 128 rows
+    # in order; one pass over all rows differs only by float32 rounding of the matmuls
+    with torch.no_grad():
+        loc, scale = vae.encode(x)
+    assert not torch.allclose(loc, scale)
+    np.testing.assert_allclose(res.codes, loc.numpy(), rtol=1e-5, atol=1e-6)
+    mig, gaps, mi = mutual_information_gap(res.codes, v)
+    assert res.mig == mig and np.array_equal(res.mig_per_factor, gaps) and np.array_equal(res.mutual_information, mi)
+    assert np.array_equal(res.best_dimension, mi.argmax(0))
+    # further arguments of encode (a batch code per row) are chunked with the rows
+    counts = CountVAE(6, num_batches=2, latent_dim=2, hidden_dims=(8,))
+    xc, batch = torch.poisson(torch.full((300, 6), 3.0)), torch.arange(300) % 2
+    res = disentanglement(counts, xc, v[:300], batch, batch_size=128)
+    with torch.no_grad():
+        np.testing.assert_allclose(res.codes, counts.encode(xc, batch)[0].numpy(), rtol=1e-5, atol=1e-6)
     assert set(res.summary()) == {"mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"}
     with pytest.raises(ValueError, match="one row per datum"):
         mutual_information_gap(np.zeros((10, 2)), v)

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
+from pyro import poutine
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_score
@@ -26,6 +29,7 @@ from sklearn.model_selection import cross_val_score
 import pvae
 from pvae.analysis import anomaly_scores, encode_mean, integration_metrics, pearson_residuals
 from pvae.data import simulate_counts
+from pvae.infer.traces import site_log_probs
 from pvae.inputs import DataError, DataTypeError
 from pvae.models import CountVAE, SupportError
 
@@ -90,6 +94,25 @@ def test_pearson_residuals_are_standardised_and_flag_an_injected_rare_population
     normal = torch.ones(len(x), dtype=torch.bool)
     normal[rare] = False
     assert abs(r[normal].mean().item()) < 0.1 and 0.75 < r[normal].var().item() < 1.25
+    # exactly the law of total variance over the K = 8 draws z_k of the same seeded trace: the NB
+    # variance mu + mu^2 / r (r = exp(raw_total_count) = 5, by hand) averaged over the draws,
+    # plus the biased between-draw variance of mu; float32 rounding only (rtol 1e-4)
+    cells, k = slice(0, 40), 8
+    pyro.set_rng_seed(5)
+    r_some = pearson_residuals(model, x[cells], b[cells], num_samples=k)
+    pyro.set_rng_seed(5)
+    with torch.no_grad():
+        trace = site_log_probs(model.model, model.guide, x[cells], b[cells], num_particles=k).guide_trace
+        z = trace.nodes["z"]["value"]
+        assert z.shape == (k, 40, 5)
+        mu = model.decode(z, b[cells], x[cells].sum(1)).mean.double()  # (K, cells, genes)
+    total_count = model.likelihood.raw_total_count.detach().double().exp()
+    assert torch.allclose(total_count, torch.tensor(5.0, dtype=torch.float64))
+    m = mu.mean(0)
+    within, between = (mu + mu**2 / total_count).mean(0), ((mu - m) ** 2).mean(0)
+    assert (between / within).max() > 0.05  # the between-draw term matters for some genes
+    torch.testing.assert_close(r_some.double(), (x[cells].double() - m) / (within + between).sqrt(),
+                               rtol=1e-4, atol=1e-5)
     scores = anomaly_scores(model, x, b, score="pearson", num_particles=8)
     assert roc_auc_score((~normal).numpy(), scores.numpy()) > 0.95
 
@@ -98,6 +121,29 @@ def test_zinb_gene_batch_program_trains_and_bounds_agree():
     sim = simulate_counts(300, 30, 2, 2, seed=3, zero_inflation=0.2)
     model = CountVAE(30, num_batches=2, likelihood="zinb", dispersion="gene-batch", latent_dim=2, hidden_dims=(16,))
     assert model.likelihood.raw_total_count.shape == (2, 30)
+    # each cell gets its own batch's dispersions: set distinct rows r[s, g] = (2, 7)[s] (1 + g / 30)
+    # (r = exp(raw) for the log-mean parameterisation) and check the program's log p(x | z) of 20
+    # cells of both batches against the ZINB log-pmf written out here, at z drawn from the prior
+    r = torch.tensor([2.0, 7.0])[:, None] * (1 + torch.arange(30.0) / 30)
+    with torch.no_grad():
+        model.likelihood.raw_total_count.copy_(r.log())
+    x, s = sim.counts[:20], sim.batch[:20]
+    assert 0 < int(s.sum()) < 20
+    z = torch.randn(20, 2)
+    with torch.no_grad():
+        node = poutine.trace(poutine.condition(model.model, {"z": z})).get_trace(x, s).nodes["x"]
+        ours = node["fn"].log_prob(x)
+        zinb = node["fn"].base_dist  # Independent(ZeroInflatedNegativeBinomial)
+        assert isinstance(zinb, dist.ZeroInflatedNegativeBinomial)
+        torch.testing.assert_close(zinb.total_count, r[s])
+        out = model.decoder(torch.cat([z, F.one_hot(s, 2).float()], -1)).double()
+        mu = out[:, :30].log_softmax(-1).exp() * x.sum(1, keepdim=True).double()
+        gate, rd, xd = torch.sigmoid(out[:, 30:]), r[s].double(), x.double()
+        log_nb = (torch.lgamma(xd + rd) - torch.lgamma(rd) - torch.lgamma(xd + 1)
+                  + rd * torch.log(rd / (rd + mu)) + xd * torch.log(mu / (rd + mu)))
+        log_zinb = torch.where(xd == 0, torch.log(gate + (1 - gate) * log_nb.exp()), torch.log1p(-gate) + log_nb)
+    # float32 sums of 30 terms, |log p| ~ 150: rounding ~1e-5 relative
+    torch.testing.assert_close(ours.double(), log_zinb.sum(-1), rtol=1e-5, atol=1e-4)
     fit = pvae.fit(model, (sim.counts, sim.batch), num_epochs=3, batch_size=64, seed=0, progress=False,
                    diagnostics_every=None)
     assert np.isfinite(fit.history[-1]["loss"])
