@@ -239,6 +239,8 @@ class CapturedStep(TrainStep):
         signature = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
         if self._graph is not None and tuple(p.requires_grad for p in self.params) != self._trainable:
             self._graph = None  # parameters were frozen or unfrozen: the graph's gradients are not theirs
+        if self._graph is None and self._signature not in (None, signature):
+            return super().__call__(batch, kl_weight)  # capture anew on a batch like the last graph's, not the partial one
         if self._graph is None:
             self._capture(batch)
             self._steps = 0  # a new graph is checked at its first step

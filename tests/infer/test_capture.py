@@ -190,6 +190,25 @@ def test_a_structure_change_triggers_a_new_capture():
     torch.testing.assert_close(torch.stack(losses[6:]), torch.stack(eager_losses[6:]))
 
 
+def test_after_a_failed_check_the_new_capture_waits_for_a_full_batch():
+    """A check that finds the program changed drops the graph; if the next batch is the
+    epoch's partial one, it runs eagerly and the graph is captured anew on the next full
+    batch (captured on the partial batch, every later full batch would run eagerly)."""
+    program = Growing()
+    step = CapturedStep(program, ElboObjective(), list(program.parameters()), check_every=3)
+    full, partial = torch.randn(20), torch.randn(7)
+    with pyro.validation_enabled(False):
+        for x in (full, full):
+            step((x,), 1.0)
+        program.extra = True
+        step((full,), 1.0)  # step 3 of the graph: a check, which sees the new site
+        assert step._graph is None
+        step((partial,), 1.0)
+        assert step._graph is None and step.captures == 1  # eager, no capture on the partial batch
+        step((full,), 1.0)
+    assert step.captures == 2 and step._signature == (((20,), full.dtype, full.device),)
+
+
 def _data_dependent_model(x):
     loc = pyro.param("loc", torch.zeros(()))
     with pyro.plate("data", x.shape[0]):
