@@ -45,7 +45,14 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform, _InverseTransform
 
-from .traces import PARTICLE_PLATE, _guide_only_error, find_data_plate, guess_max_plate_nesting, trace_pair
+from .traces import (
+    PARTICLE_PLATE,
+    _guide_only_error,
+    check_count,
+    find_data_plate,
+    guess_max_plate_nesting,
+    trace_pair,
+)
 
 __all__ = [
     "ElboObjective",
@@ -135,12 +142,6 @@ class Objective:
         raise NotImplementedError
 
 
-def _check_num_particles(num_particles: Any) -> int:
-    if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
-    return int(num_particles)
-
-
 def _check_choice(name: str, value: Any, choices: Any, objective: str, hint: str = "") -> str:
     allowed = list(get_args(choices))
     if value not in allowed:
@@ -191,7 +192,7 @@ class ElboObjective(Objective):
 
     def __init__(self, num_particles: int = 1, estimator: ElboEstimator = "standard") -> None:
         super().__init__()
-        self.num_particles = _check_num_particles(num_particles)
+        self.num_particles = check_count("num_particles", num_particles)
         self.estimator = _check_choice(
             "estimator", estimator, ElboEstimator, "elbo",
             " Try objective='iwae' with estimator='dreg'." if estimator == "dreg" else "",
@@ -433,7 +434,7 @@ class IWAEObjective(Objective):
 
     def __init__(self, num_particles: int = 1, estimator: IWAEEstimator = "standard", alpha: float = 0.0) -> None:
         super().__init__()
-        self.num_particles = _check_num_particles(num_particles)
+        self.num_particles = check_count("num_particles", num_particles)
         objective = "iwae" if alpha == 0 else "renyi"
         self.estimator = _check_choice(
             "estimator", estimator, IWAEEstimator, objective,
@@ -889,7 +890,7 @@ class EnumElboObjective(Objective):
         auxiliary: Literal["auto"] | Callable[..., torch.Tensor] | None = "auto",
     ) -> None:
         super().__init__()
-        self.num_particles = _check_num_particles(num_particles)
+        self.num_particles = check_count("num_particles", num_particles)
         if max_plate_nesting is not None and (
             isinstance(max_plate_nesting, bool) or int(max_plate_nesting) != max_plate_nesting or max_plate_nesting < 0
         ):

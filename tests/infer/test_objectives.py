@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -669,3 +670,11 @@ def test_a_python_bool_mask_works_in_both_objectives(flag):
 def _plain_guide(x):
     with pyro.plate("data", x.shape[0]):
         pyro.sample("z", dist.Normal(x / 1.25, _POST_SCALE))
+
+
+@pytest.mark.parametrize("make", [ElboObjective, IWAEObjective])
+@pytest.mark.parametrize("bad", [2.0, True, 0, "3"])
+def test_objectives_take_integer_particle_counts_only(make, bad):
+    with pytest.raises(ValueError, match="num_particles must be a positive integer"):
+        make(num_particles=bad)
+    assert make(num_particles=np.int64(3)).num_particles == 3
