@@ -8,14 +8,24 @@ Usage::
     pvae fit --data digits --latent-dim 8 --epochs 50 --out runs/digits
     pvae fit --data csv:table.csv --likelihood normal --out runs/table   # NaN = missing
     pvae fit --data mnist:../shared/data/mnist --out runs/mnist
+    pvae fit ... --out runs/mnist --resume     # continue an interrupted fit (same options)
     pvae evaluate runs/digits                  # ELBO on the same validation split
     pvae evaluate runs/digits --data digits    # ... or on any data set
     pvae demo --out reports/demo               # train on digits, write a figure report
 
 A fit folder holds ``config.json`` (everything needed to rebuild the model and
-its data split), ``model.pt`` (the weights, a plain ``state_dict`` read back
-with ``torch.load(weights_only=True)``: no code is ever unpickled),
-``metrics.json`` and ``checkpoint.pt`` (:func:`pvae.fit`'s resumable state).
+its data split, and the data's row count and SHA-256, so that ``evaluate``
+refuses data that changed since the fit), ``model.pt`` (the weights, a plain
+``state_dict`` read back with ``torch.load(weights_only=True)``: no code is
+ever unpickled), ``metrics.json`` and ``checkpoint.pt`` (:func:`pvae.fit`'s
+resumable state). ``config.json`` is written before training, so an
+interrupted fit's folder describes the run its checkpoint belongs to.
+
+A run never overwrites another silently: ``pvae fit`` refuses a folder that
+already holds a run's files unless given ``--overwrite`` (which deletes those
+files, and only those, first) or ``--resume``. ``pvae demo`` replaces a
+previous *demo report* in its folder (so ``make demo`` can be run again) and
+refuses anything else there without ``--overwrite``.
 
 Errors a user can act on (bad arguments or data, missing files, corrupt
 weights, Ctrl-C) are reported as one line ``pvae: error: ...`` on stderr with
@@ -26,6 +36,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -48,6 +59,11 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 MODEL_NAME = "model.pt"
 EVALUATION_NAME = "evaluation.json"
+CHECKPOINT_NAME = "checkpoint.pt"  # pvae.fit's, in checkpoint_dir
+DEMO_FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "prototype.png", "latent_map.png")
+# every file a fit or demo writes (and the checkpoint's temporary file): what --overwrite deletes
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, MODEL_NAME, CHECKPOINT_NAME, CHECKPOINT_NAME + ".tmp", EVALUATION_NAME,
+             *DEMO_FIGURES)
 CONFIG_FORMAT = "pvae-cli-config-v1"
 VALIDATION_FRACTION = 0.1
 SMOKE_EPOCHS = 2
@@ -123,6 +139,33 @@ def _split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[n_val:], order[:n_val]
 
 
+def _fingerprint(x: torch.Tensor) -> str:
+    """SHA-256 of the data's shape and float32 values (every NaN hashed alike)."""
+    values = x.detach().to("cpu", torch.float32).contiguous()
+    values = values.masked_fill(torch.isnan(values), float("nan"))
+    digest = hashlib.sha256(repr(tuple(values.shape)).encode())
+    digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_same_data(data: _Data, fitted: dict[str, Any], spec: str, folder: Path) -> None:
+    """Refuse data that differ from those the fit in ``folder`` split (its ``n_rows`` and
+    ``sha256``); a config written before pvae recorded them gets a warning."""
+    if "n_rows" not in fitted or "sha256" not in fitted:
+        print(f"pvae: warning: {folder / CONFIG_NAME} does not record the data's row count and checksum "
+              f"(written by an older pvae): the {VALIDATION_FRACTION:.0%} split is rebuilt from the data as "
+              "they are now, which gives the fit's split only if they are unchanged.", file=sys.stderr)
+        return
+    n, expected = len(data.x), fitted["n_rows"]
+    retry = f"Try --data {spec} to evaluate the whole data set, or re-run `pvae fit`."
+    if n != expected:
+        raise ValueError(f"the data at {spec} now have {n} rows, the fit in {folder} had {expected}: "
+                         f"its validation split cannot be rebuilt. {retry}")
+    if _fingerprint(data.x) != fitted["sha256"]:
+        raise ValueError(f"the data at {spec} changed since the fit in {folder} (same {n} rows, other values): "
+                         f"its validation split cannot be rebuilt. {retry}")
+
+
 def _resolve_spec(spec: str) -> str:
     """``spec`` with an absolute path, so a fit folder can be evaluated from anywhere."""
     kind, path = _parse_data_spec(spec)
@@ -179,8 +222,77 @@ def _write_json(path: Path, obj: Any) -> Path:
     return path
 
 
-def _train(opts: _FitOptions, out: Path, quiet: bool) -> _Run:
-    """Load, split, build, :func:`pvae.fit`, and write config / model / metrics to ``out``."""
+def _previous_run(out: Path) -> list[str]:
+    """The names of a previous run's files (:data:`RUN_FILES`) in ``out``."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder. Try another --out.")
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def _is_demo_report(out: Path) -> bool:
+    """Whether ``out`` holds a report of ``pvae demo`` (reports written before configs named
+    their command are told by their latent map)."""
+    try:
+        config = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        return False
+    command = config.get("command")
+    return command == "demo" or (command is None and (out / "latent_map.png").is_file())
+
+
+def _check_out(out: Path, command: str, overwrite: bool, resume: bool) -> list[str]:
+    """The previous run's files in ``out`` to delete before training; refuses a folder
+    holding a run unless asked to overwrite it (``pvae demo``: unless it is a demo report)
+    or to resume it."""
+    found = _previous_run(out)
+    if not found or resume:
+        return []
+    if overwrite or (command == "demo" and _is_demo_report(out)):
+        return found
+    resume_hint = ", or --resume to continue an interrupted fit with the same options" if command == "fit" else ""
+    raise FileExistsError(
+        f"{out} already holds a previous run ({', '.join(found)}). "
+        f"Try another --out, --overwrite to replace that run{resume_hint}."
+    )
+
+
+def _check_resumable(out: Path, config: dict[str, Any]) -> None:
+    """``--resume``: the folder's run must be this one (every option but the epochs)."""
+    found = _previous_run(out)
+    if not found:
+        return  # nothing to resume: a fresh fit
+    if CONFIG_NAME not in found:
+        raise FileNotFoundError(f"--resume: {out} holds {', '.join(found)} but no {CONFIG_NAME} describing the "
+                                "run. Try --overwrite to start afresh.")
+    saved = _read_config(out)
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    ignore = {"pvae_version", "training.epochs"}
+    old, new = flat(saved), flat(json.loads(json.dumps(config)))  # lists for tuples, as on disk
+    diff = sorted(k for k in (set(old) | set(new)) - ignore if old.get(k) != new.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
+        raise ValueError(f"--resume: the run in {out} differs from this one ({shown}). "
+                         "Try the options of that run (only --epochs may change), or --overwrite.")
+
+
+def _train(opts: _FitOptions, out: Path, quiet: bool, command: str = "fit", overwrite: bool = False,
+           resume: bool = False) -> _Run:
+    """Load, split, build, :func:`pvae.fit`, and write config / model / metrics to ``out``.
+
+    ``config.json`` is written before training (after the previous run's files are deleted,
+    with ``overwrite``), so the folder always describes the run its checkpoint belongs to.
+    """
+    if overwrite and resume:
+        raise ValueError("--overwrite deletes the run that --resume would continue: give one of them.")
+    _parse_data_spec(opts.data)  # a bad --data is reported before the folder is looked at
+    stale = _check_out(out, command, overwrite, resume)
     data, binarized = _load_data(opts.data, opts.binarize, opts.likelihood, opts.limit)
     train_index, val_index = _split(len(data.x), opts.seed)
     model_kwargs = {
@@ -193,7 +305,32 @@ def _train(opts: _FitOptions, out: Path, quiet: bool) -> _Run:
     }
     pyro.set_rng_seed(opts.seed)  # the initial weights, too, follow the seed
     vae = pvae.VAE(**model_kwargs)
+    config = {
+        "format": CONFIG_FORMAT,
+        "pvae_version": pvae.__version__,
+        "program": "VAE",
+        "command": command,
+        "model": model_kwargs,
+        "data": {
+            "spec": _resolve_spec(opts.data),
+            "binarize": binarized,
+            "limit": opts.limit,
+            "image_shape": data.image_shape,
+            "n_rows": len(data.x),
+            "sha256": _fingerprint(data.x),
+        },
+        "split": {"seed": opts.seed, "validation_fraction": VALIDATION_FRACTION},
+        "training": {k: getattr(opts, k) for k in ("epochs", "batch_size", "learning_rate", "kl_warmup", "seed")},
+    }
+    if resume:
+        _check_resumable(out, config)
+        stale = [EVALUATION_NAME] if (out / EVALUATION_NAME).exists() else []  # of the weights being replaced
+    elif stale:
+        print(f"replacing the previous {'run' if overwrite else 'demo report'} in {out}: deleting {', '.join(stale)}")
+    for name in stale:
+        (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / CONFIG_NAME, config)
     tick = time.perf_counter()
     result = pvae.fit(
         vae,
@@ -205,23 +342,10 @@ def _train(opts: _FitOptions, out: Path, quiet: bool) -> _Run:
         kl_warmup=opts.kl_warmup or None,
         seed=opts.seed,
         checkpoint_dir=out,
+        resume=resume,
         progress=False if quiet else None,
     )
     seconds = time.perf_counter() - tick
-    config = {
-        "format": CONFIG_FORMAT,
-        "pvae_version": pvae.__version__,
-        "program": "VAE",
-        "model": model_kwargs,
-        "data": {
-            "spec": _resolve_spec(opts.data),
-            "binarize": binarized,
-            "limit": opts.limit,
-            "image_shape": data.image_shape,
-        },
-        "split": {"seed": opts.seed, "validation_fraction": VALIDATION_FRACTION},
-        "training": {k: getattr(opts, k) for k in ("epochs", "batch_size", "learning_rate", "kl_warmup", "seed")},
-    }
     last = result.history[-1]
     metrics = {
         "units": _UNITS,
@@ -234,7 +358,6 @@ def _train(opts: _FitOptions, out: Path, quiet: bool) -> _Run:
         "n_validation": len(val_index),
         "history": [dict(row) for row in result.history],
     }
-    _write_json(out / CONFIG_NAME, config)
     torch.save(vae.state_dict(), out / MODEL_NAME)
     _write_json(out / METRICS_NAME, metrics)
     return _Run(vae, data, val_index, result, metrics)
@@ -258,7 +381,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.smoke:
         opts = replace(opts, epochs=min(opts.epochs, SMOKE_EPOCHS), limit=SMOKE_ROWS)
     out = Path(args.out)
-    run = _train(opts, out, args.quiet)
+    run = _train(opts, out, args.quiet, "fit", args.overwrite, args.resume)
     _report_fit(run)
     written = [str(out / n) for n in (CONFIG_NAME, METRICS_NAME, MODEL_NAME)] + [run.result.checkpoint_path]
     print("wrote " + ", ".join(written))
@@ -284,7 +407,9 @@ def _load_model(folder: Path, config: dict[str, Any]) -> pvae.VAE:
     vae = pvae.VAE(**config["model"])
     path = folder / MODEL_NAME
     if not path.is_file():
-        raise CheckpointError(f"no {MODEL_NAME} in {folder}. Try the --out folder of a finished `pvae fit`.")
+        hint = (f"its fit did not finish: continue it with `pvae fit` and the same options plus --resume"
+                if (folder / CHECKPOINT_NAME).exists() else "Try the --out folder of a finished `pvae fit`")
+        raise CheckpointError(f"no {MODEL_NAME} in {folder}: {hint}.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a bad file
@@ -339,6 +464,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is None:
         split, spec = args.split or "validation", fitted["spec"]
         data, _ = _load_data(spec, binarize, likelihood, fitted.get("limit"))
+        same = data if binarize == fitted["binarize"] else _load_data(spec, fitted["binarize"], likelihood,
+                                                                      fitted.get("limit"))[0]
+        _check_same_data(same, fitted, spec, folder)  # else the split would hold rows the fit trained on
         train_index, val_index = _split(len(data.x), config["split"]["seed"])
         index = val_index if split == "validation" else train_index
         where = f"{split} split of {data.name}"
@@ -406,7 +534,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.smoke:
         opts = replace(opts, epochs=SMOKE_EPOCHS)
     out = Path(args.out)
-    run = _train(opts, out, args.quiet)
+    run = _train(opts, out, args.quiet, "demo", args.overwrite)
     _report_fit(run)
     vae, data, shape = run.vae, run.data, run.data.image_shape
     x_val = data.x[run.val_index]
@@ -452,6 +580,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _warmup_epochs(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of epochs >= 0, got {text!r}")
+    return value
+
+
 def _hidden_dims(text: str) -> tuple[int, ...]:
     parts = [p for p in text.replace(" ", "").split(",") if p]
     try:
@@ -482,7 +620,8 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", parents=[common], help="train a VAE and write a fit folder",
                          description="Train a VAE on a 90/10 train/validation split and write DIR/config.json, "
-                                     "DIR/model.pt, DIR/metrics.json and DIR/checkpoint.pt.")
+                                     "DIR/model.pt, DIR/metrics.json and DIR/checkpoint.pt. A DIR that holds a previous "
+                                     "run is refused without --overwrite or --resume.")
     fit.add_argument("--data", required=True, metavar="SPEC", help=data_help)
     fit.add_argument("--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS), metavar="NAME",
                      help=f"observation family: {', '.join(sorted(LIKELIHOODS))} (categorical takes each "
@@ -494,11 +633,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=_positive_int, default=128, metavar="N", help="Default 128")
     fit.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam step size. Default 1e-3")
     fit.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE). Default 1")
-    fit.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
+    fit.add_argument("--kl-warmup", type=_warmup_epochs, default=0.0, metavar="EPOCHS",
                      help="epochs over which the KL weight rises from 0 to 1. Default 0 (none)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and training. Default 0")
     _add_binarize(fit, "on for digits/mnist with the bernoulli likelihood, else off")
     fit.add_argument("--out", required=True, metavar="DIR", help="folder to write the fit to")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace a previous run in DIR (its files are deleted first). Default: refuse")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the interrupted (or shorter) run in DIR from its checkpoint.pt; every "
+                          "option but --epochs must be that run's")
     fit.add_argument("--smoke", action="store_true",
                      help=f"a quick check: {SMOKE_EPOCHS} epochs on the first {SMOKE_ROWS} rows")
     fit.set_defaults(run=_cmd_fit)
@@ -522,7 +666,11 @@ def _parser() -> argparse.ArgumentParser:
                           description="Train a VAE on binarised 8x8 digits and write metrics and figures: "
                                       "training curves, reconstructions, prior samples, the prototype z = 0 "
                                       "and a map of the latent means.")
-    demo.add_argument("--out", default="reports/demo", metavar="DIR", help="report folder. Default reports/demo")
+    demo.add_argument("--out", default="reports/demo", metavar="DIR",
+                      help="report folder; a previous demo report there is replaced. Default reports/demo")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace whatever run DIR holds (its files are deleted first). Default: replace a "
+                           "previous demo report only")
     demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help=f"Default {_DEMO.epochs}")
     demo.add_argument("--smoke", action="store_true", help=f"a quick check: {SMOKE_EPOCHS} epochs")
     demo.set_defaults(run=_cmd_demo)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -70,7 +71,10 @@ def test_fit_writes_config_model_and_metrics(fit_dir: Path) -> None:
     for part in ("train", "validation"):
         assert all(math.isfinite(metrics[part][k]) for k in ("elbo", "reconstruction", "kl")), metrics[part]
     assert config["model"]["input_dim"] == 64 and config["model"]["likelihood"] == "bernoulli"
-    assert config["data"] == {"spec": "digits", "binarize": True, "limit": 512, "image_shape": [8, 8]}
+    fingerprint = config["data"].pop("sha256")
+    assert config["data"] == {"spec": "digits", "binarize": True, "limit": 512, "image_shape": [8, 8], "n_rows": 512}
+    assert fingerprint == cli._fingerprint(cli._load_data("digits", True, "bernoulli", 512)[0].x)
+    assert config["command"] == "fit"
     state = torch.load(fit_dir / "model.pt", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
 
@@ -119,7 +123,36 @@ def test_evaluate_on_other_data(fit_dir: Path) -> None:
     assert report["split"] == "all" and report["n"] == 1797 and math.isfinite(report["elbo"]["mean"])
 
 
-def test_demo_smoke_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def _cells(fig: Any) -> list[np.ndarray]:
+    """The image of every cell of a grid figure, row-major."""
+    return [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+
+
+def test_demo_smoke_writes_every_figure_of_the_fitted_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figures exist, and show what they say: the validation inputs above their
+    reconstructions, the prototype decoded at z = 0, every digit's encoder mean (its first
+    two principal components) coloured by that digit's own label."""
+    from sklearn.decomposition import PCA
+
+    from pvae.analysis import figures
+    from pvae.data import load_digits
+
+    drawn: dict[str, Any] = {}
+    real_save, real_fit = figures._save, pvae.fit
+    seen: dict[str, Any] = {}
+
+    def save_spy(fig: Any, path: Any) -> Path:
+        drawn[Path(path).name] = fig
+        return real_save(fig, path)
+
+    def fit_spy(*args: Any, validation_data: Any = None, **kwargs: Any) -> Any:
+        seen["validation"] = validation_data[0]
+        return real_fit(*args, validation_data=validation_data, **kwargs)
+
+    monkeypatch.setattr(figures, "_save", save_spy)
+    monkeypatch.setattr(pvae, "fit", fit_spy)
     out = tmp_path / "demo"
     assert main(["demo", "--smoke", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -128,6 +161,30 @@ def test_demo_smoke_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
         assert str(out / name) in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and math.isfinite(metrics["validation"]["elbo"])
+
+    config = json.loads((out / "config.json").read_text())
+    vae = pvae.VAE(**config["model"])
+    vae.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    vae.eval()
+    digits = load_digits(binarize=True)
+    x_val = seen["validation"][:10]
+    with torch.no_grad():
+        x_hat = vae.reconstruct(x_val)
+        prototype = vae.decode(torch.zeros(1, vae.latent_dim)).mean
+        z_loc = vae.encode(digits.x)[0]
+    cells = _cells(drawn["reconstructions.png"])
+    assert len(cells) == 20
+    for j in range(10):
+        assert np.allclose(cells[j], x_val[j].reshape(8, 8).numpy())
+        assert np.allclose(cells[10 + j], x_hat[j].reshape(8, 8).numpy(), atol=1e-6)
+    (cell,) = _cells(drawn["prototype.png"])
+    assert np.allclose(cell, prototype.reshape(8, 8).numpy(), atol=1e-6)
+    samples = _cells(drawn["samples.png"])
+    assert len(samples) == 64 and all(c.shape == (8, 8) and 0 <= c.min() and c.max() <= 1 for c in samples)
+    points = drawn["latent_map.png"].axes[0].collections[0]
+    assert np.array_equal(np.asarray(points.get_array()), digits.y.numpy())  # each digit its own label
+    expected = PCA(n_components=2).fit_transform(z_loc.double().numpy())
+    assert np.allclose(points.get_offsets(), expected, atol=1e-4)
 
 
 def test_csv_with_missing_values_fits_with_a_mask(tmp_path: Path) -> None:
@@ -223,3 +280,158 @@ def test_evaluate_on_data_of_another_width_is_a_one_line_error(
     capsys.readouterr()
     assert main(["evaluate", str(fit_dir), "--data", f"csv:{path}", "--num-particles", "2"]) == 2
     _assert_one_line_error(capsys, "5 columns", "64")
+
+
+# -- the data evaluate reads must be the data the fit split ------------------------------
+def _table(path: Path, rows: int, scale: float = 1.0) -> str:
+    path.write_text("a,b,c\n" + "\n".join(f"{scale * 0.1 * i:.3f},{scale * (i % 7) / 7:.3f},{0.5 - 0.01 * i:.3f}"
+                                          for i in range(rows)) + "\n")
+    return f"csv:{path}"
+
+
+def test_evaluate_refuses_data_that_changed_since_the_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The validation split is rebuilt from the data's rows: a grown or edited table used to
+    give a 'validation' ELBO on rows the model had trained on (9 of 12 in the audit)."""
+    table = tmp_path / "table.csv"
+    spec = _table(table, 100)
+    out = tmp_path / "fit"
+    assert main(["fit", "--data", spec, "--likelihood", "normal", "--epochs", "1", "--latent-dim", "2",
+                 "--hidden-dims", "8", "--quiet", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["n_rows"] == 100 and len(config["data"]["sha256"]) == 64
+    capsys.readouterr()
+    _table(table, 120)  # 20 rows appended
+    assert main(["evaluate", str(out)]) == 2
+    _assert_one_line_error(capsys, "120 rows", "had 100", "--data")
+    _table(table, 100, scale=2.0)  # as many rows, other values
+    assert main(["evaluate", str(out)]) == 2
+    _assert_one_line_error(capsys, "changed since the fit", "--data")
+    assert main(["evaluate", str(out), "--data", spec, "--num-particles", "2"]) == 0  # a whole-set evaluation
+    assert json.loads((out / "evaluation.json").read_text())["n"] == 100
+    _table(table, 100)  # the fit's data again
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--num-particles", "2"]) == 0
+    assert main(["evaluate", str(out), "--num-particles", "2", "--binarize"]) == 0  # same rows, read otherwise
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluate_of_a_config_without_the_row_count_warns_and_still_evaluates(
+    fit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Folders fitted before config.json recorded the data's rows and checksum still evaluate."""
+    for name in ("model.pt", "metrics.json"):
+        shutil.copy(fit_dir / name, tmp_path / name)
+    config = json.loads((fit_dir / "config.json").read_text())
+    del config["data"]["n_rows"], config["data"]["sha256"], config["command"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path), "--num-particles", "2"]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("pvae: warning: ") and "row count" in line, captured.err
+    assert json.loads((tmp_path / "evaluation.json").read_text())["n"] == 51
+
+
+# -- a run never overwrites another silently -------------------------------------------------
+_SMOKE = ["--data", "digits", "--smoke", "--quiet", "--hidden-dims", "16"]
+
+
+def test_fit_refuses_a_folder_holding_a_run_unless_told_to_overwrite_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    assert main(["fit", *_SMOKE, "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--num-particles", "2"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("config.json", "model.pt", "checkpoint.pt", "evaluation.json")}
+    capsys.readouterr()
+    assert main(["fit", *_SMOKE, "--latent-dim", "4", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "already holds a previous run", "--overwrite", "--resume")
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
+    assert main(["fit", *_SMOKE, "--overwrite", "--resume", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "--overwrite", "--resume")
+    (tmp_path / "file").write_text("")
+    assert main(["fit", *_SMOKE, "--out", str(tmp_path / "file")]) == 2
+    _assert_one_line_error(capsys, "not a folder")
+
+    # --overwrite deletes the old run's files (the stale evaluation too) and writes the new
+    # config before training: interrupted, the folder describes the run it holds
+    real_fit = pvae.fit
+    at_start: dict[str, Any] = {}
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        at_start["files"] = sorted(p.name for p in out.iterdir())
+        at_start["latent_dim"] = json.loads((out / "config.json").read_text())["model"]["latent_dim"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pvae, "fit", interrupted)
+    (out / "notes.txt").write_text("mine")  # not a run's file: kept
+    assert main(["fit", *_SMOKE, "--latent-dim", "4", "--overwrite", "--out", str(out)]) == 2
+    assert at_start == {"files": ["config.json", "notes.txt"], "latent_dim": 4}
+    _assert_one_line_error(capsys, "interrupted")
+    monkeypatch.setattr(pvae, "fit", real_fit)
+    assert main(["fit", *_SMOKE, "--latent-dim", "4", "--overwrite", "--out", str(out)]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "evaluation.json").exists()
+    assert json.loads((out / "config.json").read_text())["model"]["latent_dim"] == 4
+    assert (out / "model.pt").read_bytes() != before["model.pt"]
+
+
+def test_resume_continues_the_run_in_the_folder_and_refuses_another(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main(["fit", *_SMOKE, "--epochs", "2", "--out", str(whole)]) == 0
+    assert main(["fit", *_SMOKE, "--epochs", "1", "--out", str(part)]) == 0
+    assert main(["evaluate", str(part), "--num-particles", "2"]) == 0
+    capsys.readouterr()
+    assert main(["fit", *_SMOKE, "--epochs", "2", "--latent-dim", "3", "--resume", "--out", str(part)]) == 2
+    _assert_one_line_error(capsys, "--resume", "latent_dim", "--overwrite")
+    assert main(["fit", *_SMOKE, "--epochs", "2", "--resume", "--out", str(part)]) == 0
+    metrics = json.loads((part / "metrics.json").read_text())
+    first = json.loads((whole / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    for epoch in (0, 1):  # the first epoch is the 1-epoch run's, the second continues it as the whole run did
+        for key in ("elbo", "kl", "val_elbo"):
+            assert metrics["history"][epoch][key] == pytest.approx(first["history"][epoch][key], rel=1e-5)
+    assert not (part / "evaluation.json").exists()  # it was the 1-epoch model's
+    resumed = torch.load(part / "model.pt", weights_only=True)
+    straight = torch.load(whole / "model.pt", weights_only=True)
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
+
+
+def test_demo_replaces_its_own_report_and_refuses_other_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``make demo`` twice works: the demo replaces a previous demo report (a stale
+    evaluation.json included); a fit's folder is refused without --overwrite."""
+    out = tmp_path / "demo"
+    demo = ["demo", "--smoke", "--quiet", "--epochs", "1", "--out", str(out)]
+    assert main(demo) == 0
+    assert main(["evaluate", str(out), "--num-particles", "2"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "demo"
+    del config["command"]  # a report written before configs named their command
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(demo) == 0
+    assert "replacing the previous demo report" in capsys.readouterr().out
+    assert not (out / "evaluation.json").exists() and all(_is_png(out / name) for name in DEMO_FILES)
+    fit = tmp_path / "fit"
+    assert main(["fit", *_SMOKE, "--out", str(fit)]) == 0
+    model = (fit / "model.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["demo", "--smoke", "--quiet", "--out", str(fit)]) == 2
+    _assert_one_line_error(capsys, "already holds a previous run", "--overwrite")
+    assert (fit / "model.pt").read_bytes() == model
+    assert main(["fit", *_SMOKE, "--out", str(out)]) == 2  # and a fit does not replace a demo report
+    _assert_one_line_error(capsys, "already holds a previous run")
+    assert main(["demo", "--smoke", "--quiet", "--epochs", "1", "--overwrite", "--out", str(fit)]) == 0
+    assert json.loads((fit / "config.json").read_text())["command"] == "demo"
+
+
+# -- the KL warm-up is a finite number of epochs ------------------------------------------
+@pytest.mark.parametrize("value", ["nan", "inf", "NaN", "-1"])
+def test_kl_warmup_must_be_finite_and_non_negative(tmp_path: Path, capsys: pytest.CaptureFixture, value: str) -> None:
+    """``--kl-warmup nan`` used to train (NaN passes ``< 0``) and write NaN into config.json;
+    ``inf`` trained with a KL weight of 0 throughout."""
+    out = tmp_path / "out"
+    assert main(["fit", *_SMOKE, f"--kl-warmup={value}", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "--kl-warmup", "finite")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="kl_warmup must be a finite number of epochs"):
+        pvae.fit(pvae.VAE(4, latent_dim=1, hidden_dims=(2,)), torch.zeros(8, 4), num_epochs=1, kl_warmup=float(value))

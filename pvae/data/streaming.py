@@ -18,6 +18,12 @@ rows maps most of a 256 MB file. :class:`ArrayDataset` reads a ``numpy.memmap``
 group (``madvise(MADV_DONTNEED)``; the file stays in the page cache, so a
 second epoch reads it from memory): the process holds about one batch and a
 few tens of MiB of mapped pages, whatever the file's size.
+
+Only read-only maps (``mmap_mode="r"``) are handed back. On a copy-on-write map
+(``mmap_mode="c"``, used to standardise or impute in place without touching the
+file) the edited pages exist nowhere else, and ``MADV_DONTNEED`` would throw the
+user's edits away; writable maps (``"r+"``, ``"w+"``) are left alone too. Such
+maps are read like any other array: their pages stay resident.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from ..inputs import DataError
+from ..inputs import DataError, as_data
 
 __all__ = ["RELEASE_ROWS", "ArrayDataset", "CountDataset"]
 
@@ -108,7 +114,10 @@ class ArrayDataset(_BatchDataset):
 
     Any array that supports NumPy fancy indexing works: in-memory arrays,
     ``numpy.load(path, mmap_mode="r")`` memory maps (their pages are handed back
-    after every batch, see the module docstring), h5py datasets.
+    after every batch, see the module docstring; copy-on-write and writable maps
+    are read without that, so edits made in memory are kept), h5py datasets.
+    Anything else (a pandas DataFrame or Series, nested lists) is converted once
+    with :func:`pvae.inputs.as_data`, in memory.
 
     Example::
 
@@ -118,11 +127,14 @@ class ArrayDataset(_BatchDataset):
     :param arrays: one or more arrays ``(n, ...)`` (e.g. data and a mask).
     :param dtype: floating dtype of floating arrays. Default ``torch.get_default_dtype()``;
         integer and bool arrays keep theirs.
+    :raises DataError: on no arrays, arrays of different lengths, a 0-d array, or
+        values that are not numbers or bools.
     """
 
     def __init__(self, *arrays: Any, dtype: torch.dtype | None = None) -> None:
         if not arrays:
             raise DataError("ArrayDataset needs at least one array.")
+        arrays = tuple(self._indexable(a, f"arrays[{i}]", dtype) for i, a in enumerate(arrays))
         lengths = {len(a) for a in arrays}
         if len(lengths) != 1:
             raise DataError(f"the arrays must have the same number of rows, got {[len(a) for a in arrays]}.")
@@ -134,6 +146,20 @@ class ArrayDataset(_BatchDataset):
                 raise DataError(f"array {i} must be numeric or bool, got dtype {getattr(a, 'dtype', None)}.")
         self.arrays, self.dtype = arrays, dtype or torch.get_default_dtype()
 
+    @staticmethod
+    def _indexable(a: Any, name: str, dtype: torch.dtype | None) -> Any:
+        """``a`` itself when rows can be read from it by NumPy fancy indexing (tensors, NumPy
+        arrays and memory maps, h5py / zarr datasets); anything else converted with
+        :func:`pvae.inputs.as_data` (a DataFrame's ``a[index]`` would select columns)."""
+        pandas = type(a).__module__.partition(".")[0] == "pandas"
+        lazy = isinstance(a, (torch.Tensor, np.ndarray)) or (
+            not pandas and hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "__getitem__"))
+        if not lazy:
+            a = as_data(a, name, kind="any", dtype=dtype)
+        if len(a.shape) == 0:
+            raise DataError(f"{name} must have one row per data point, got a 0-d array. Try a 1-d or 2-d array.")
+        return a
+
     def __len__(self) -> int:
         return len(self.arrays[0])
 
@@ -142,7 +168,9 @@ class ArrayDataset(_BatchDataset):
         for a in self.arrays:
             if isinstance(a, torch.Tensor):
                 t = a.index_select(0, torch.as_tensor(index, device=a.device))
-            elif isinstance(getattr(a, "_mmap", None), mmap.mmap):
+            elif isinstance(getattr(a, "_mmap", None), mmap.mmap) and getattr(a, "mode", None) == "r":
+                # read-only maps only: handing back the pages of a copy-on-write ("c") map
+                # discards the user's in-memory edits, so others are read as plain arrays
                 t = torch.from_numpy(self._read_mapped(a, index))
             else:
                 t = torch.from_numpy(np.array(a[index]))
@@ -151,8 +179,9 @@ class ArrayDataset(_BatchDataset):
 
     @staticmethod
     def _read_mapped(a: np.memmap, index: np.ndarray) -> np.ndarray:
-        """Rows of a memory map, ``RELEASE_ROWS`` at a time, handing the mapped pages back
-        after each group (see the module docstring)."""
+        """Rows of a read-only memory map, ``RELEASE_ROWS`` at a time, handing the mapped
+        pages back after each group (see the module docstring). Never for a map opened
+        with another mode: ``MADV_DONTNEED`` would discard a copy-on-write map's edits."""
         block = np.empty((len(index), *a.shape[1:]), dtype=a.dtype)
         for start in range(0, len(index), RELEASE_ROWS):
             block[start:start + RELEASE_ROWS] = a[index[start:start + RELEASE_ROWS]]

@@ -324,8 +324,8 @@ def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Ca
     """Epoch (fractional) -> KL weight."""
     if callable(kl_warmup):
         return kl_warmup
-    if kl_warmup is not None and kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be >= 0 epochs or a callable, got {kl_warmup!r}.")
+    if kl_warmup is not None and not (kl_warmup >= 0 and math.isfinite(kl_warmup)):  # NaN fails both
+        raise ValueError(f"kl_warmup must be a finite number of epochs >= 0 or a callable, got {kl_warmup!r}.")
     return _LinearWarmup(float(kl_warmup or 0))
 
 
