@@ -320,6 +320,21 @@ class _LinearWarmup:
         return min(1.0, epoch / self.epochs) if self.epochs > 0 else 1.0
 
 
+def _program_objective(program: Any, objective: str | Objective | None) -> str | Objective:
+    """``objective``, or the first of the program's declared ``objectives`` when None
+    (else ``"elbo"``); a name the program does not declare is refused."""
+    declared = tuple(getattr(program, "objectives", ()) or ())
+    if objective is None:
+        return declared[0] if declared else "elbo"
+    if declared and isinstance(objective, str) and objective not in declared:
+        raise ValueError(
+            f"{type(program).__name__} trains correctly with objective {' or '.join(map(repr, declared))}, "
+            f"not {objective!r} (see its docstring). Try objective={declared[0]!r}, or pass an Objective "
+            "instance to override this."
+        )
+    return objective
+
+
 def _kl_schedule(kl_warmup: int | float | Callable[[float], float] | None) -> Callable[[float], float]:
     """Epoch (fractional) -> KL weight."""
     if callable(kl_warmup):
@@ -367,7 +382,7 @@ def fit(
     batch_size: int = 128,
     learning_rate: float = 1e-3,
     validation_data: Any = None,
-    objective: str | Objective = "elbo",
+    objective: str | Objective | None = None,
     num_particles: int = 1,
     kl_warmup: int | float | Callable[[float], float] | None = None,
     patience: int | None = None,
@@ -419,12 +434,15 @@ def fit(
     :param int batch_size: minibatch size for tensor data (an integer). Default 128.
     :param float learning_rate: Adam's step size. Default 1e-3.
     :param validation_data: like ``data``; evaluated after every epoch.
-    :param objective: ``"elbo"``, ``"iwae"`` or ``"renyi"`` (built by
+    :param objective: ``"elbo"``, ``"iwae"``, ``"renyi"`` or ``"enum_elbo"`` (built by
         :func:`~pvae.infer.make_objective` with ``num_particles``), or an
         :class:`~pvae.infer.objectives.Objective` instance for other options, e.g.
         ``IWAEObjective(num_particles=5, estimator="dreg")`` or
         ``ElboObjective(estimator="stl")``. With an importance-weighted objective
-        the history also holds ``bound``, its value per datum.
+        the history also holds ``bound``, its value per datum. Default None: the
+        first of the program's declared ``objectives`` (an SSVAE's
+        ``"enum_elbo"``; see :class:`~pvae.models.base.Program`), else ``"elbo"``;
+        a name the program does not declare is refused.
     :param int num_particles: particles per datum for the objective. Default 1.
     :param kl_warmup: KL annealing: a number of epochs over which the KL weight
         rises linearly from 0 to 1 (per step), or a callable ``epoch -> weight``
@@ -510,6 +528,7 @@ def fit(
     patience = check_patience(patience) or None  # 0: never stop early, as in CEVAE.fit
     if clip_norm is not None:
         clip_norm = check_clip_norm(clip_norm)
+    objective = _program_objective(program, objective)
     if strategy is not None:
         engine_only = {"patience": patience is not None, "clip_norm": clip_norm is not None,
                        "callback": callback is not None, "callbacks": bool(callbacks), "device": device is not None,
@@ -562,8 +581,13 @@ def fit(
     if callable(fit_start):
         fit_start(*(tensors if tensors is not None else first))
     params = _collect_params(program, first)
+    was_training = program.training if isinstance(program, torch.nn.Module) else None
+    if was_training is not None:
+        program.train()  # checked as it will train (a program may differ by mode, e.g. a relaxation)
     with pyro.validation_enabled(True), torch.no_grad():
         objective(program.model, program.guide, first, {}, 1.0)  # Pyro's checks, once
+    if was_training is not None:
+        program.train(was_training)
     if not params:
         raise ValueError("the program has no trainable parameters: nothing to fit.")
     optimizer = adam(params, learning_rate, weight_decay)

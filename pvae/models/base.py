@@ -51,7 +51,16 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 @runtime_checkable
 class Program(Protocol):
-    """Anything with a Pyro ``model`` and ``guide`` of the same signature."""
+    """Anything with a Pyro ``model`` and ``guide`` of the same signature.
+
+    Optionally a program declares ``objectives``, a tuple of the objective names
+    (:func:`pvae.infer.make_objective`) it trains correctly with; the first is
+    :func:`pvae.fit`'s default for it, and ``fit`` refuses another name (an
+    :class:`~pvae.infer.Objective` instance is taken as the user's choice).
+    E.g. a semi-supervised VAE's discrete label must be summed out exactly
+    (``("enum_elbo",)``); a relaxed-categorical VAE's training densities are a
+    relaxation, not importance weights (``("elbo",)``).
+    """
 
     def model(self, *args: Any, **kwargs: Any) -> Any: ...
 

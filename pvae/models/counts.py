@@ -50,6 +50,7 @@ from pyro.nn import pyro_method
 
 from ..inputs import DataError, DataTypeError
 from .base import DATA_PLATE, LATENT_SITE, OBS_SITE
+from .likelihoods import check_mask
 from .nets import Activation, diagonal_normal, one_hot
 from .registry import Example, register_model
 from .vae import _check_dim, _EncoderDecoder
@@ -80,8 +81,31 @@ class CountVAE(_EncoderDecoder):
     and every bound of :mod:`pvae.infer` evaluates it.
 
     Cells with no counts at all get library 1 (their mean is then a proportion,
-    and the zero row its likelihood). With a ``mask`` the library sums the
-    observed entries.
+    and the zero row its likelihood).
+
+    **Missing genes** (``mask``, True where observed; :math:`O_n` the observed
+    genes of cell :math:`n`). Only the observed library
+    :math:`l_n = \\sum_{g \\in O_n} x_{ng}` is known. Under the model a cell of
+    total depth :math:`L_n` has :math:`\\mathbb E[x_{ng}] = L_n \\rho_{ng}`, so
+    :math:`\\mathbb E\\big[\\sum_{g \\in O_n} x_{ng}\\big] = L_n \\sum_{g \\in O_n} \\rho_{ng}`;
+    spreading :math:`l_n` over all genes (:math:`\\mu = l_n \\rho`) would
+    under-predict every observed count by the cell's missing fraction of
+    :math:`\\rho`. Setting that expectation to the observed :math:`l_n` gives the
+    depth :math:`\\hat L_n = l_n / \\sum_{g' \\in O_n} \\rho_{ng'}` and
+
+    .. math::
+
+        \\mu_{ng} = \\frac{l_n\\, \\rho_{ng}}{\\sum_{g' \\in O_n} \\rho_{ng'}}, \\qquad
+        \\sum_{g \\in O_n} \\mu_{ng} = l_n,
+
+    i.e. :math:`\\rho` renormalised over the observed genes (the NB means of the
+    observed genes spend exactly the observed library, as the unmasked model's
+    spend :math:`l_n`); a missing gene gets the imputed mean
+    :math:`\\hat L_n \\rho_{ng}`. The decoder does not see the mask, the
+    renormalisation makes the likelihood of the observed genes independent of
+    what is missing. A fully observed row is computed exactly as without a mask
+    (the same bits); a row with nothing observed keeps :math:`\\mu = \\rho`
+    (library 1; its likelihood is masked out).
 
     :param int input_dim: genes.
     :param int num_batches: batches (1: no batch). Default 1.
@@ -92,7 +116,7 @@ class CountVAE(_EncoderDecoder):
         (scVI's default) or ``"nb"`` / ``"negative_binomial"``.
     :param str dispersion: ``"gene"`` (one :math:`r_g`, scVI's default) or
         ``"gene-batch"`` (:math:`r_{gs}`).
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: hidden widths of the decoder.
     """
@@ -207,11 +231,26 @@ class CountVAE(_EncoderDecoder):
         return self._observed(x, mask).sum(-1, keepdim=True).clamp(min=1.0).log()
 
     # -- the program -------------------------------------------------------------
-    def _likelihood(self, z: torch.Tensor, batch: torch.Tensor | None, log_library: torch.Tensor):
+    @staticmethod
+    def _log_observed_mass(log_rho: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log \\sum_{g \\in O_n} \\rho_{ng}`, ``(..., cells, 1)``: exactly 0 for a fully
+        observed row (so it keeps the unmasked bits), and 0 for a row with nothing observed."""
+        full = mask.all(-1, keepdim=True)
+        counted = mask | ~mask.any(-1, keepdim=True)  # nothing observed: all genes (finite gradients)
+        mass = log_rho.masked_fill(~counted, float("-inf")).logsumexp(-1, keepdim=True)
+        return torch.where(full, torch.zeros_like(mass), mass)
+
+    def _likelihood(self, z: torch.Tensor, batch: torch.Tensor | None, log_library: torch.Tensor,
+                    mask: torch.Tensor | None = None):
+        """p(x | z, batch, l): NB means :math:`l \\rho` (without ``mask``), or
+        :math:`l \\rho / \\sum_{\\text{observed}} \\rho` (with it; see the class docstring)."""
         nets = self._modules
         raw = nets["decoder"](self._join(z, self._condition(batch)))
         genes = self.input_dim
-        log_mean = raw[..., :genes].log_softmax(-1) + log_library
+        log_rho = raw[..., :genes].log_softmax(-1)
+        if mask is not None:
+            log_rho = log_rho - self._log_observed_mass(log_rho, mask)
+        log_mean = log_rho + log_library
         raw = torch.cat([log_mean, raw[..., genes:]], dim=-1) if raw.shape[-1] > genes else log_mean
         group = batch if self.dispersion == "gene-batch" else None
         return nets["likelihood"](raw, group=group)
@@ -225,7 +264,7 @@ class CountVAE(_EncoderDecoder):
         with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
             with self._beta_scaled():
                 z = pyro.sample(LATENT_SITE, self._prior())
-            px = self._likelihood(z, batch, self.log_library(x, mask))
+            px = self._likelihood(z, batch, self.log_library(x, mask), mask)
             if mask is not None:
                 px = px.mask(mask)
             pyro.sample(OBS_SITE, px.to_event(1), obs=self._observed(x, mask))
@@ -251,19 +290,23 @@ class CountVAE(_EncoderDecoder):
         return nets["encoder_head"](h)
 
     def decode(self, z: torch.Tensor, batch: torch.Tensor | None = None,
-               library: torch.Tensor | float = 1.0) -> dist.TorchDistribution:
+               library: torch.Tensor | float = 1.0, mask: torch.Tensor | None = None) -> dist.TorchDistribution:
         """p(x | z, batch, library), batch shape ``z.shape[:-1]``, event ``(genes,)``.
 
         :param torch.Tensor z: latents ``(..., cells, latent_dim)``.
         :param batch: batch codes ``(cells,)``.
         :param library: library sizes, a number or ``(cells,)``. Default 1 (the
             mean is then the expression proportion :math:`\\rho`).
+        :param mask: bool ``(cells, genes)``, True where observed: ``library`` is
+            then each cell's *observed* library, and the NB means of its observed
+            genes sum to it (:math:`l \\rho / \\sum_{\\text{observed}} \\rho`; the
+            class docstring). Default None: the means sum to ``library`` over all genes.
         """
         batch = self._codes(batch, z.shape[-2])
         log_library = torch.as_tensor(library, dtype=z.dtype, device=z.device).log()
         if log_library.dim():
             log_library = log_library.unsqueeze(-1)
-        return self._likelihood(z, batch, log_library).to_event(1)
+        return self._likelihood(z, batch, log_library, mask).to_event(1)
 
     @torch.no_grad()
     def normalized_expression(
@@ -273,6 +316,7 @@ class CountVAE(_EncoderDecoder):
         reference_batch: int | None = None,
         library_size: float | None = None,
         num_samples: int = 1,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batch-corrected expression :math:`\\mathbb E[x \\mid z, s = b, l]`, ``(cells, genes)``.
 
@@ -287,8 +331,22 @@ class CountVAE(_EncoderDecoder):
         :param float library_size: a common library (e.g. 1e4, "per 10k");
             default each cell's observed library.
         :param int num_samples: draws of z per cell; 1 uses the mean.
+        :param mask: bool ``(cells, genes)``, True where observed (e.g.
+            ``~torch.isnan(x)``): the encoder reads the observed entries, and
+            without ``library_size`` each cell's observed library is spread as in
+            :meth:`decode` (the means of its observed genes sum to it; the missing
+            genes get imputed means). Default None: every entry observed.
+        :raises DataError: if ``x`` has NaN entries and no ``mask`` marks them.
         """
-        loc, scale = self.encode(x, batch)  # checks the batch codes
+        if mask is None:
+            if x.is_floating_point() and bool(torch.isnan(x).any()):
+                raise DataError(
+                    f"x has {int(torch.isnan(x).sum())} NaN entries: pass mask=~torch.isnan(x) to mark "
+                    "them missing (normalized_expression(x, ..., mask=mask))."
+                )
+        else:
+            check_mask(x, mask)
+        loc, scale = self.encode(x, batch, mask)  # checks the batch codes
         if num_samples == 1:
             z = loc
         else:
@@ -297,8 +355,11 @@ class CountVAE(_EncoderDecoder):
             if not 0 <= int(reference_batch) < self.num_batches:
                 raise ValueError(f"reference_batch must lie in 0..{self.num_batches - 1}, got {reference_batch!r}.")
             batch = torch.full((x.shape[0],), int(reference_batch), dtype=torch.long, device=x.device)
-        library = self.log_library(x).exp().squeeze(-1) if library_size is None else float(library_size)
-        mean = self.decode(z, batch, library).mean
+        if library_size is None:
+            library, decode_mask = self.log_library(x, mask).exp().squeeze(-1), mask
+        else:  # a common total library over all genes: the mask has nothing to renormalise
+            library, decode_mask = float(library_size), None
+        mean = self.decode(z, batch, library, decode_mask).mean
         return mean if num_samples == 1 else mean.mean(0)
 
     @torch.no_grad()
@@ -319,6 +380,7 @@ class CountVAE(_EncoderDecoder):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch: torch.Tensor | None = None,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's mean at the encoder mean, with each cell's batch and library."""
+        """The decoder's mean at the encoder mean, with each cell's batch and library
+        (with ``mask``: the observed library, spread as in :meth:`decode`)."""
         loc, _ = self.encode(x, batch, mask)
-        return self.decode(loc, batch, self.log_library(x, mask).exp().squeeze(-1)).mean
+        return self.decode(loc, batch, self.log_library(x, mask).exp().squeeze(-1), mask).mean

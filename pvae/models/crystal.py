@@ -95,7 +95,7 @@ class CrystalVAE(_StandardNormalLatent):
         (Euclidean, the baseline) for the fractional coordinates.
     :param int latent_dim: Default 8.
     :param hidden_dims: encoder widths; the decoder mirrors them. Default ``(256, 128)``.
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     :param str activation: Default ``"relu"``.
     :param lattice_scale: standard deviation of the Normal over the six lattice
         coordinates: ``"learned"`` (default, one per coordinate) or a number. A

@@ -86,7 +86,7 @@ class ConditionalVAE(_EncoderDecoder):
         unless ``decoder_hidden_dims`` is given. Default ``(256, 128)``.
     :param likelihood: a name from :data:`pvae.models.LIKELIHOODS` or a
         :class:`~pvae.models.likelihoods.Likelihood`. Default ``"bernoulli"``.
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: hidden widths of the decoder.
     :param dict likelihood_kwargs: options of the likelihood.

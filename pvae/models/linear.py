@@ -48,6 +48,7 @@ References
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,9 +67,42 @@ Noise = Literal["isotropic", "per_feature"]
 NOISES: tuple[str, ...] = ("isotropic", "per_feature")
 
 
-def _inverse_positive(value: torch.Tensor) -> torch.Tensor:
-    """The raw parameter that :func:`~pvae.models.nets.positive` maps to ``value``."""
-    return (value - MIN_SCALE).expm1().log()
+#: The smallest scale :func:`_inverse_positive` sets: ``positive`` maps every raw value to
+#: ``(MIN_SCALE, inf)``, so a scale at or below the floor has no raw parameter; it is
+#: raised to this value (the excess ``MIN_SCALE * 1e-3`` keeps the raw value finite).
+_SMALLEST_SCALE = MIN_SCALE * (1 + 1e-3)
+
+
+def _inverse_positive(value: torch.Tensor, what: str = "scale") -> torch.Tensor:
+    """The raw parameter that :func:`~pvae.models.nets.positive` maps to ``value``.
+
+    ``positive(r) = softplus(r) + MIN_SCALE``, so with :math:`y = v - \\mathrm{MIN\\_SCALE}`
+    the inverse is :math:`r = \\log(e^y - 1) = y + \\log(1 - e^{-y}) = y + \\log(-\\mathrm{expm1}(-y))`,
+    computed in float64: exact for large :math:`y` (where :math:`e^y` overflows; the
+    correction tends to 0; above 20, where ``F.softplus`` returns its input, it is
+    dropped so that the round trip is exact) and for small :math:`y`
+    (:math:`\\approx \\log y`). Values below :data:`_SMALLEST_SCALE` (``MIN_SCALE = 1e-4``, the
+    floor of every learned scale in pvae, and a little above it) cannot be represented: they
+    are raised to it with a ``UserWarning`` naming ``what`` and the value.
+
+    :raises ValueError: on a value that is not finite.
+    """
+    v = torch.as_tensor(value).detach().to(torch.float64)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"the {what} must be finite, got {value!r}.")
+    low = v < _SMALLEST_SCALE * (1 - 1e-6)  # not _SMALLEST_SCALE itself rounded to float32
+    if bool(low.any()):
+        warnings.warn(
+            f"the {what} {float(v[low].min()):.3g} is below the smallest scale the model can "
+            f"represent, MIN_SCALE = {MIN_SCALE:g} (every learned scale is softplus(raw) + MIN_SCALE); "
+            f"set to {_SMALLEST_SCALE:.6g}. The model's log-likelihood and ELBO are then lower than the "
+            "closed form's: rescale the data (e.g. standardise it) to keep the scales above the floor.",
+            UserWarning, stacklevel=4,
+        )
+    y = torch.where(low, torch.full_like(v, _SMALLEST_SCALE), v) - MIN_SCALE
+    # F.softplus returns its input above threshold 20: mirror it, so the round trip is exact
+    raw = torch.where(y > 20, y, y + torch.log(-torch.expm1(-y)))
+    return raw.to(torch.as_tensor(value).dtype)
 
 
 class _SharedScaleNormalHead(nn.Module):
@@ -123,7 +157,7 @@ class LinearVAE(VAE):
     :param str noise: ``"isotropic"`` (one :math:`\\sigma`, probabilistic PCA)
         or ``"per_feature"`` (one per feature, factor analysis). Default
         ``"isotropic"``.
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     """
 
     _encoder_head_cls = _SharedScaleNormalHead
@@ -159,9 +193,15 @@ class LinearVAE(VAE):
 
     @torch.no_grad()
     def log_evidence(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact :math:`\\log p(x)` per datum under the current decoder: ``(batch,)``."""
+        """Exact :math:`\\log p(x)` per datum under the current decoder: ``(batch,)``.
+
+        Computed in float64 (returned in ``x``'s dtype): with nearly noise-free data the
+        covariance :math:`W W^\\top + \\Psi` is too ill-conditioned for a float32 Cholesky.
+        """
         self.validate(x)
-        return self.marginal().log_prob(x)
+        w, mu, psi = (t.detach().to(torch.float64) for t in (self.weight, self.bias, self.noise_variance))
+        marginal = dist.MultivariateNormal(mu, covariance_matrix=w @ w.T + torch.diag(psi))
+        return marginal.log_prob(x.to(torch.float64)).to(x.dtype)
 
     @torch.no_grad()
     def elbo_closed_form(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,6 +232,13 @@ class LinearVAE(VAE):
         and :math:`s_j^2 = 1 / \\Lambda_{jj}`, :math:`\\Lambda = I + W^\\top \\Psi^{-1} W`
         the posterior precision. Returns ``self``.
 
+        Scales are set exactly through the inverse of ``softplus(raw) + MIN_SCALE``
+        (:func:`_inverse_positive`, stable for any finite scale). A noise standard
+        deviation :math:`\\hat\\sigma`, or a posterior standard deviation :math:`s_j`, at
+        or below ``MIN_SCALE = 1e-4`` (nearly noise-free data) cannot be represented: it
+        is raised to just above the floor with a ``UserWarning``, and the encoder is the
+        best diagonal guide of the decoder with that raised noise.
+
         :raises ValueError: if the solution's shapes do not fit this model.
         """
         d, k = solution.weight.shape
@@ -205,14 +252,15 @@ class LinearVAE(VAE):
         self.decoder[0].weight.copy_(w)
         self.decoder[0].bias.copy_(mu)
         sigma = torch.as_tensor(solution.noise_variance, dtype=dtype).sqrt()
-        self.likelihood.raw_scale.copy_(_inverse_positive(sigma).expand(self.likelihood.raw_scale.shape))
+        raw_sigma = _inverse_positive(sigma, "PPCA noise standard deviation")
+        self.likelihood.raw_scale.copy_(raw_sigma.expand(self.likelihood.raw_scale.shape))
         psi = self.noise_variance
         precision = torch.eye(k, dtype=dtype) + (w.T / psi) @ w
         a = torch.linalg.solve(precision, w.T / psi)
         head = self.encoder_head
         head.linear.weight.copy_(a)
         head.linear.bias.copy_(-a @ mu)
-        head.raw_scale.copy_(_inverse_positive(precision.diagonal().rsqrt()))
+        head.raw_scale.copy_(_inverse_positive(precision.diagonal().rsqrt(), "posterior standard deviation"))
         return self
 
 
@@ -245,10 +293,25 @@ def ppca(x: torch.Tensor, latent_dim: int) -> PPCASolution:
     Computed in float64 from the eigendecomposition of the (biased, 1/n)
     sample covariance; returned in ``x``'s dtype.
 
+    **Degenerate data.** The likelihood has a finite maximum only when the centred
+    data span more than ``k`` dimensions: if the sample covariance has numerical
+    rank :math:`r \\le k` (data exactly on a k-dimensional affine subspace, or
+    :math:`n \\le k + 1` rows), then :math:`\\lambda_{k+1} = \\dots = 0`,
+    :math:`\\hat\\sigma^2 = 0` and :math:`\\log p(X)` is unbounded above (a float
+    computation gives :math:`\\hat\\sigma^2 \\approx 10^{-16}` and a meaningless large
+    log-likelihood). This raises a ``ValueError`` naming the rank instead. An
+    eigenvalue counts as zero when it is at most
+    :math:`\\lambda_1 \\max\\big(10 (d + \\sqrt n)\\, \\epsilon_{64},\\ d\\, \\epsilon_x^2\\big)`:
+    the rounding error of forming and diagonalising the covariance in float64, or
+    the variance that rounding ``x`` to its own dtype (machine epsilon
+    :math:`\\epsilon_x`) adds. (About :math:`10^{-13} \\lambda_1`: noise with a
+    standard deviation below ~3e-7 of the leading component's counts as none.)
+
     :param torch.Tensor x: data, ``(n, d)``.
     :param int latent_dim: k, with ``1 <= k < d``.
     :rtype: PPCASolution
-    :raises ValueError: on a bad shape or ``latent_dim``.
+    :raises ValueError: on a bad shape or ``latent_dim``, or when the data have
+        numerical rank at most ``latent_dim`` (unbounded likelihood, see above).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 2:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -263,6 +326,17 @@ def ppca(x: torch.Tensor, latent_dim: int) -> PPCASolution:
     cov = xc.T @ xc / n
     evals, evecs = torch.linalg.eigh(cov)
     evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    eps_x = torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
+    tol = float(evals[0]) * max(10 * (d + math.sqrt(n)) * torch.finfo(torch.float64).eps, d * eps_x**2)
+    rank = int((evals > tol).sum())
+    if rank <= k:
+        raise ValueError(
+            f"the centred data have numerical rank {rank} (n = {n} rows, d = {d} features), at most "
+            f"latent_dim = {k}: they lie on a {rank}-dimensional affine subspace, the PPCA noise "
+            "variance is 0 and the likelihood is unbounded. "
+            + (f"Use latent_dim < {rank}" if rank > 1 else "The data are (nearly) constant or collinear: nothing to fit")
+            + (" (or more rows)" if n <= k + 1 else "") + ", or data with noise."
+        )
     sigma2 = evals[k:].mean()
     u = evecs[:, :k]
     w = u * (evals[:k] - sigma2).clamp(min=0).sqrt()

@@ -114,7 +114,7 @@ class MultimodalVAE(_StandardNormalLatent):
     :param int latent_dim: dimension of the shared ``z``. Default 10.
     :param hidden_dims: hidden widths of each encoder; decoders mirror them
         unless ``decoder_hidden_dims`` is given. Default ``(256, 128)``.
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: hidden widths of each decoder.
     :param likelihood_kwargs: one dict of likelihood options per modality (or None).

@@ -239,13 +239,16 @@ class RelaxedCategoricalVAE(_UnconditionalProgram):
     :param float anneal_rate: :math:`r`, per epoch. Default 0.05.
     :param bool straight_through: one-hot forward samples with the soft
         gradient. Default False.
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: hidden widths of the decoder.
     :param dict likelihood_kwargs: options of the likelihood.
     """
 
     _encoder_head_cls = nn.Linear  # the logits of every categorical, flattened
+    #: pvae.fit's objective for it (see :class:`~pvae.models.base.Program`): its training
+    #: densities are a relaxation with an analytic KL, not importance weights
+    objectives = ("elbo",)
 
     def __init__(
         self,

@@ -298,7 +298,7 @@ class SequenceVAE(_StandardNormalLatent):
     :param int latent_dim: dimension of ``z``. Default 16.
     :param hidden_dims: encoder widths; the decoder mirrors them unless
         ``decoder_hidden_dims`` is given. Default ``(256, 128)``.
-    :param float beta: weight of the KL term. Default 1.
+    :param float beta: weight of the KL term, a finite number > 0. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: decoder widths, if not the mirror.
     :param rank: dictionary size :math:`C` of the structured output layer

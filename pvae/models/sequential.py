@@ -172,7 +172,7 @@ class SequentialVAE(PyroModule):
     :param likelihood: a name from :data:`pvae.models.LIKELIHOODS` or a
         :class:`~pvae.models.likelihoods.Likelihood` for p(x_t | z_t); e.g.
         ``"poisson"`` for spike counts. Default ``"normal"``.
-    :param float beta: weight of the KL terms (a ``poutine.scale`` on every
+    :param float beta: weight of the KL terms, a finite number > 0 (a ``poutine.scale`` on every
         latent site). Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param dict likelihood_kwargs: options of the likelihood.
@@ -199,9 +199,7 @@ class SequentialVAE(PyroModule):
         self.latent_dim = _check_dim("latent_dim", latent_dim)
         transition_dim = _check_dim("transition_dim", transition_dim)
         self.rnn_dim = _check_dim("rnn_dim", rnn_dim)
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}.")
-        self.beta = float(beta)
+        self.beta = beta  # checked by the setter (> 0 and finite)
         self.likelihood = make_likelihood(likelihood, self.input_dim, **(likelihood_kwargs or {}))
         self.emitter = mlp(self.latent_dim, tuple(emitter_hidden_dims), self.likelihood.output_dim,
                            activation=activation)
@@ -212,6 +210,7 @@ class SequentialVAE(PyroModule):
         self.z_q_0 = nn.Parameter(torch.zeros(self.latent_dim))  # the guide's
         self.h_0 = nn.Parameter(torch.zeros(1, 1, self.rnn_dim))  # the backward GRU's
 
+    beta = _StandardNormalLatent.beta
     _beta_scaled = _StandardNormalLatent._beta_scaled
 
     def _param(self, name: str) -> torch.Tensor:

@@ -150,7 +150,7 @@ class SemiSupervisedVAE(_EncoderDecoder):
         10% of the labels).
     :param likelihood: a name from :data:`pvae.models.LIKELIHOODS` or a
         :class:`~pvae.models.likelihoods.Likelihood`. Default ``"bernoulli"``.
-    :param float beta: weight of the KL term of ``z``. Default 1.
+    :param float beta: weight of the KL term of ``z``, a finite number > 0. Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: hidden widths of the decoder.
     :param dict likelihood_kwargs: options of the likelihood.
@@ -159,6 +159,10 @@ class SemiSupervisedVAE(_EncoderDecoder):
     #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
     data_kinds = ("features", "labels")
     data_names = ("x", "y")
+    #: pvae.fit's objective for it (see :class:`~pvae.models.base.Program`): the label is
+    #: summed out exactly and the classifier's loss added; "elbo" would sample the label
+    #: with no gradient for the classifier, which then stays at chance
+    objectives = ("enum_elbo",)
 
     def __init__(
         self,
@@ -219,6 +223,29 @@ class SemiSupervisedVAE(_EncoderDecoder):
                 f"labels y must lie in 0..{self.num_classes - 1}, or be {UNLABELLED} for unknown; "
                 f"got values in {int(y.min())}..{int(y.max())}."
             )
+
+    def _check_classes(self, y, unknown: bool, what: str, hint: str = "") -> torch.Tensor:
+        """``y`` as a long tensor of classes in ``0..num_classes-1`` (and ``-1`` if
+        ``unknown``), or a clear error. The helpers below call it: an integer outside the
+        range would otherwise become an all-zero one-hot, a decoder input no class gives."""
+        if isinstance(y, bool) or (isinstance(y, torch.Tensor) and y.dtype == torch.bool):
+            raise DataTypeError(f"{what} must be integer class labels, got a bool.")
+        if not isinstance(y, torch.Tensor):
+            try:
+                y = torch.as_tensor(y)
+            except (TypeError, ValueError, RuntimeError):
+                raise DataTypeError(f"{what} must be integer class labels, got {type(y).__name__}.") from None
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise DataTypeError(f"{what} must be integer class labels, got {y.dtype}. Try y.long().")
+        low = UNLABELLED if unknown else 0
+        if y.numel() and (int(y.min()) < low or int(y.max()) >= self.num_classes):
+            allowed = f"0..{self.num_classes - 1}" + (f", or {UNLABELLED} for unknown" if unknown else "")
+            hint = "" if unknown or int(y.min()) != UNLABELLED else f" {UNLABELLED} (unknown) is not a class here{hint}."
+            raise DataError(
+                f"{what} must lie in {allowed} (num_classes={self.num_classes}); got values in "
+                f"{int(y.min())}..{int(y.max())}.{hint}"
+            )
+        return y.long()
 
     def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return one_hot(y, self.num_classes, self.prior_loc.dtype)
@@ -290,14 +317,27 @@ class SemiSupervisedVAE(_EncoderDecoder):
         return self._modules["classifier"](x).argmax(-1)
 
     def _labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """``y`` with the unknown labels filled by the classifier's prediction."""
+        """``y`` with the unknown labels filled by the classifier's prediction.
+
+        :raises DataError: if ``y`` is not ``(batch,)`` integer labels in ``-1..num_classes-1``.
+        """
         predicted = self.predict(x)
-        return predicted if y is None else torch.where(y >= 0, y, predicted)
+        if y is None:
+            return predicted
+        y = self._check_classes(y, unknown=True, what="labels y")
+        if y.shape != predicted.shape:
+            raise DataError(f"y must have shape {tuple(predicted.shape)} (one label per row of x), "
+                            f"got {tuple(y.shape)}.")
+        return torch.where(y >= 0, y, predicted)
 
     # -- conveniences ------------------------------------------------------------
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters of q(z | x, y): ``(loc, scale)``, each ``(batch, latent_dim)``;
-        unknown labels (``-1`` or ``y=None``) are the classifier's prediction."""
+        unknown labels (``-1`` or ``y=None``) are the classifier's prediction.
+
+        :raises DataError: on labels outside ``-1..num_classes-1`` or of the wrong shape.
+        :raises DataTypeError: on labels that are not integers.
+        """
         nets = self._modules
         h = nets["encoder_body"](_broadcast_cat(x, self._one_hot(self._labels(x, y))))
         return nets["encoder_head"](h)
@@ -306,8 +346,15 @@ class SemiSupervisedVAE(_EncoderDecoder):
         """p(x | y, z), batch shape ``z.shape[:-1]``, event shape ``(input_dim,)``.
 
         :param torch.Tensor z: ``(..., latent_dim)``.
-        :param torch.Tensor y: integer labels broadcasting with ``z.shape[:-1]``.
+        :param torch.Tensor y: integer classes in ``0..num_classes-1`` (an int, or a
+            tensor broadcasting with ``z.shape[:-1]``); ``-1`` (unknown) is refused:
+            the decoder needs a class.
+        :raises DataError: on a class outside ``0..num_classes-1``.
+        :raises DataTypeError: on labels that are not integers.
         """
+        y = self._check_classes(y, unknown=False, what="classes y",
+                                hint=": the decoder needs a class (predict(x) gives the classifier's)")
+        y = y.to(self.prior_loc.device)
         nets = self._modules
         return nets["likelihood"](nets["decoder"](_broadcast_cat(z, self._one_hot(y)))).to_event(1)
 
@@ -317,12 +364,19 @@ class SemiSupervisedVAE(_EncoderDecoder):
 
         :param int num_samples: rows to draw.
         :param y: a class for all rows, ``(num_samples,)`` classes, or None to
-            draw the class from the uniform prior.
+            draw the class from the uniform prior. Classes must lie in
+            ``0..num_classes-1``; ``-1`` (unknown) is refused, use None.
         :param bool mean: return the decoder's mean instead of a draw.
+        :raises DataError: on a class outside ``0..num_classes-1``.
+        :raises DataTypeError: on labels that are not integers.
         """
         if y is None:
             y = dist.Categorical(logits=self.prior_logits).sample((num_samples,))
-        y = torch.as_tensor(y, device=self.prior_loc.device).long().expand(num_samples)
+        y = self._check_classes(y, unknown=False, what="classes y",
+                                hint=": pass y=None to draw the class from the prior").to(self.prior_loc.device)
+        if y.dim() > 1 or (y.dim() == 1 and y.shape[0] not in (1, num_samples)):
+            raise DataError(f"y must be one class or ({num_samples},) classes, got shape {tuple(y.shape)}.")
+        y = y.expand(num_samples)
         z = self._prior().sample((num_samples,))
         px = self.decode(z, y)
         return self.likelihood.point(px.base_dist) if mean else px.sample()
@@ -330,7 +384,10 @@ class SemiSupervisedVAE(_EncoderDecoder):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's point reconstruction at the encoder mean (with the known
-        or predicted label), shape of ``x``."""
+        or predicted label; ``-1`` or ``y=None``: predicted), shape of ``x``.
+
+        :raises DataError: on labels outside ``-1..num_classes-1`` or of the wrong shape.
+        """
         labels = self._labels(x, y)
         loc, _ = self.encode(x, labels)
         return self.likelihood.point(self.decode(loc, labels).base_dist)

@@ -20,6 +20,7 @@ References
 from __future__ import annotations
 
 import contextlib
+import math
 
 from typing import Callable, Sequence
 
@@ -46,6 +47,29 @@ def _check_dim(name: str, value: int) -> int:
     return int(value)
 
 
+def _check_beta(beta: float) -> float:
+    """``beta`` as a float, or a ValueError: the KL weight must be positive and finite.
+
+    beta enters the program as ``poutine.scale(scale=beta)`` on the latent sites of
+    model and guide, and Pyro refuses a scale of 0 ("Expected scale > 0"). beta = 0
+    is not supported on purpose: the objective would then be the reconstruction
+    term alone, whose encoder scale is driven to 0 (a deterministic autoencoder
+    with a degenerate q), and the bounds of :mod:`pvae.infer` would lose their
+    meaning. For a nearly plain autoencoder use a small beta (e.g. 1e-3).
+    """
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        raise ValueError(f"beta (the weight of the KL term) must be a number > 0, got {beta!r}.") from None
+    if isinstance(beta, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"beta (the weight of the KL term) must be a finite number > 0, got {beta!r}: it is a "
+            "poutine.scale on the latent sites, and Pyro cannot scale a site by 0 or a negative or "
+            "infinite number. For a nearly plain autoencoder use a small beta such as 1e-3."
+        )
+    return value
+
+
 class _StandardNormalLatent(PyroModule):
     """Shared by pvae's programs with a latent :math:`z \\sim \\mathcal N(0, I)`
     at site ``"z"``: its prior, and beta (a ``poutine.scale`` on the latent site in
@@ -54,11 +78,18 @@ class _StandardNormalLatent(PyroModule):
     def __init__(self, latent_dim: int, beta: float = 1.0) -> None:
         super().__init__()
         latent_dim = _check_dim("latent_dim", latent_dim)
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}.")
-        self.latent_dim, self.beta = latent_dim, float(beta)
+        self.latent_dim, self.beta = latent_dim, beta  # checked by the setter
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
+
+    @property
+    def beta(self) -> float:
+        """The weight of the KL term, a finite number > 0 (checked on every assignment)."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = _check_beta(value)
 
     def _prior(self) -> dist.TorchDistribution:
         return StandardNormal(self.prior_loc, self.prior_scale).to_event(1)
@@ -189,7 +220,8 @@ class VAE(_UnconditionalProgram):
     :param likelihood: a name from :data:`pvae.models.LIKELIHOODS` or a
         :class:`~pvae.models.likelihoods.Likelihood`. Default ``"bernoulli"``.
     :param float beta: weight of the KL term (beta-VAE), applied to the latent
-        site with ``poutine.scale`` in model and guide. Default 1.
+        site with ``poutine.scale`` in model and guide; a finite number > 0
+        (0 is refused: Pyro cannot scale a site by 0; use e.g. 1e-3). Default 1.
     :param str activation: hidden activation. Default ``"relu"``.
     :param decoder_hidden_dims: hidden widths of the decoder.
     :param dict likelihood_kwargs: options of the likelihood (``scale``, ``df``,

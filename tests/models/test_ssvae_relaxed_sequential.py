@@ -183,6 +183,42 @@ def test_ssvae_predict_shapes_point_mass_labels_and_validation():
     assert SemiSupervisedVAE.kingma_alpha(1000, 100) == pytest.approx(1.0)
 
 
+def test_ssvae_helpers_refuse_labels_outside_the_classes():
+    # one_hot gives an all-zero row outside 0..C-1: the helpers must not feed that to the
+    # decoder as if it were a class (audit 3, finding 6)
+    ssvae = _tiny_ssvae()  # 10 classes
+    x, z = torch.randn(4, 5), torch.randn(4, ssvae.latent_dim)
+    with pytest.raises(ValueError, match=r"classes y must lie in 0..9 \(num_classes=10\); got values in 12..12"):
+        ssvae.sample(2, y=12)
+    with pytest.raises(ValueError, match=r"-1 \(unknown\) is not a class here: pass y=None"):
+        ssvae.sample(2, y=-1)
+    with pytest.raises(ValueError, match=r"classes y must lie in 0..9"):
+        ssvae.sample(3, y=torch.tensor([0, 10, 2]))
+    with pytest.raises(ValueError, match=r"one class or \(3,\) classes"):
+        ssvae.sample(3, y=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"classes y must lie in 0..9.*-1 \(unknown\) is not a class"):
+        ssvae.decode(z, torch.tensor([0, -1, 2, 3]))
+    with pytest.raises(ValueError, match=r"classes y must lie in 0..9"):
+        ssvae.decode(z, 10)
+    with pytest.raises(ValueError, match=r"labels y must lie in 0..9, or -1 for unknown"):
+        ssvae.reconstruct(x, torch.tensor([5, 5, 5, 10]))
+    with pytest.raises(ValueError, match=r"labels y must lie in 0..9, or -1 for unknown.*-2..0"):
+        ssvae.encode(x, torch.tensor([-2, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        ssvae.encode(x, torch.tensor([0, 1]))
+    for bad in (torch.tensor([0.5, 1.0, 2.0, -1.0]), torch.tensor([True, False, True, False])):
+        with pytest.raises(TypeError, match="integer class labels"):
+            ssvae.encode(x, bad)
+    # the documented meanings still hold: y=None draws the class from the prior, -1 in
+    # encode / reconstruct is the classifier's prediction, ints and tensors are classes
+    assert ssvae.sample(3).shape == (3, 5) and ssvae.sample(3, y=9).shape == (3, 5)
+    assert ssvae.sample(3, y=torch.tensor([0, 4, 9])).shape == (3, 5)
+    predicted = ssvae.predict(x)
+    assert torch.equal(ssvae.encode(x, torch.full((4,), -1))[0], ssvae.encode(x, predicted)[0])
+    assert torch.equal(ssvae.reconstruct(x, torch.full((4,), -1)), ssvae.reconstruct(x, predicted))
+    assert ssvae.decode(z, 3).batch_shape == (4,)
+
+
 def _digit_split(fraction: float, seed: int = 0):
     """Stratified: a held-out test third, and ``fraction`` of each class of the
     rest labelled (the other labels set to -1)."""
@@ -382,3 +418,32 @@ def test_dmm_recovers_the_latent_trajectories_of_poisson_spikes():
     print(f"R^2 {r2:.3f} (before training {before:.3f})")
     # measured 0.94 after 15 epochs (0.66 after one); held-out trials
     assert r2 >= 0.8 and r2 > before, (r2, before)
+
+
+def test_fit_trains_each_program_with_the_objective_it_declares():
+    """An SSVAE trains with "enum_elbo" by default (with "elbo" its classifier got no
+    gradient and stayed at chance); a relaxed-categorical VAE refuses importance
+    weights, in train mode as in eval mode (the check used to depend on the mode)."""
+    torch.manual_seed(0)
+    protos = torch.rand(3, 20) < 0.5
+    y = torch.arange(300) % 3
+    x = (protos[y] ^ (torch.rand(300, 20) < 0.1)).float()
+    labelled = torch.where(torch.arange(300) % 5 == 0, y, -1)
+    ssvae = SemiSupervisedVAE(20, num_classes=3, latent_dim=2, hidden_dims=(32,))
+    pvae.fit(ssvae, (x, labelled), num_epochs=30, batch_size=50, progress=False, seed=0, diagnostics_every=None)
+    with torch.no_grad():
+        accuracy = (ssvae.predict(x) == y).float().mean().item()
+    assert accuracy > 0.9  # chance is 1/3: the sampled-label "elbo" gave 0.34
+    with pytest.raises(ValueError, match="trains correctly with objective 'enum_elbo'"):
+        pvae.fit(ssvae, (x, labelled), num_epochs=1, objective="elbo", progress=False)
+    relaxed = RelaxedCategoricalVAE(20, num_categorical=2, num_categories=3, hidden_dims=(16,))
+    for mode in (True, False):
+        relaxed.train(mode)
+        with pytest.raises(ValueError, match="not 'iwae'"):
+            pvae.fit(relaxed, x, num_epochs=1, objective="iwae", progress=False)
+        assert relaxed.training is mode
+    # an Objective instance is the user's choice; fit checks it as it will train, in train mode
+    for mode in (True, False):
+        relaxed.train(mode)
+        pvae.fit(relaxed, x[:40], num_epochs=1, objective=make_objective("iwae", num_particles=2), progress=False,
+                 diagnostics_every=None)

@@ -165,3 +165,21 @@ def test_bad_dimensions_rejected(kw):
     args = {"input_dim": 6, "latent_dim": 3, **kw}
     with pytest.raises(ValueError, match=next(iter(kw))):
         VAE(args.pop("input_dim"), **args)
+
+
+@pytest.mark.parametrize("beta", [0, 0.0, -0.5, float("inf"), float("nan")])
+def test_beta_zero_or_non_finite_is_refused_at_construction_and_assignment(beta):
+    # Pyro's poutine.scale refuses a scale of 0 with a bare "Expected scale > 0" at the
+    # first use; the constructors must refuse it at once and say what beta is
+    from pvae.models import CountVAE, LinearVAE, SemiSupervisedVAE, SequentialVAE
+
+    builders = [lambda b: _small_vae(beta=b), lambda b: SequentialVAE(3, beta=b),
+                lambda b: CountVAE(5, beta=b), lambda b: SemiSupervisedVAE(5, num_classes=2, beta=b),
+                lambda b: LinearVAE(5, beta=b)]
+    for build in builders:
+        with pytest.raises(ValueError, match=r"beta \(the weight of the KL term\) must be a finite number > 0"):
+            build(beta)
+        model = build(0.5)
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            model.beta = beta
+        assert model.beta == 0.5

@@ -182,6 +182,70 @@ def test_principal_angles_and_ppca_reject_bad_input():
         LinearVAE(4, 2, noise="diagonal")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_positive_is_exact_from_the_floor_to_large_scales(dtype):
+    from pvae.models.linear import _inverse_positive
+    from pvae.models.nets import MIN_SCALE, positive
+
+    _SMALLEST_SCALE = MIN_SCALE * (1 + 1e-3)  # the documented floor of an exactly set scale
+    # expm1(v).log() overflowed above ~88.7 (float32) and was NaN below MIN_SCALE
+    v = torch.cat([torch.tensor([_SMALLEST_SCALE, 1.5e-4, 1e-3, 88.0, 88.8, 89.0, 710.0, 1e5]),
+                   torch.logspace(-3.9, 6, 50, dtype=torch.float64)]).to(dtype)
+    raw = _inverse_positive(v)
+    assert raw.dtype == dtype and bool(torch.isfinite(raw).all())
+    assert torch.allclose(positive(raw), v, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    with pytest.warns(UserWarning, match=r"the scale 5e-05 is below the smallest scale .* MIN_SCALE = 0.0001"):
+        low = _inverse_positive(torch.tensor([5e-5, 1.0], dtype=dtype))
+    assert torch.allclose(positive(low), torch.tensor([_SMALLEST_SCALE, 1.0], dtype=dtype))
+    with pytest.raises(ValueError, match="must be finite"):
+        _inverse_positive(torch.tensor([float("inf")], dtype=dtype))
+
+
+def test_init_from_ppca_keeps_noise_above_88_and_floors_noise_below_min_scale():
+    # data in large units: PPCA noise sd ~150 (> 88.7, where expm1 overflowed to inf)
+    x = _ppca_data() * 300
+    sol = ppca(x, 2)
+    assert float(sol.noise_variance.sqrt()) > 100
+    vae = LinearVAE(8, 2).init_from_ppca(sol)
+    assert torch.allclose(vae.noise_variance.detach(), sol.noise_variance.expand(8), rtol=1e-5)
+    ll = vae.log_evidence(x)
+    assert float(ll.mean()) == pytest.approx(float(sol.log_likelihood), abs=1e-3)
+    assert torch.allclose(vae.elbo_closed_form(x), ll, atol=1e-3)
+    # nearly noise-free data: noise sd 1e-5 and posterior sd below MIN_SCALE = 1e-4 (NaN
+    # before); they are raised to just above the floor, with a warning naming each
+    from pvae.models.nets import MIN_SCALE
+
+    g = torch.Generator().manual_seed(1)
+    x2 = torch.randn(500, 2, generator=g) @ torch.randn(2, 6, generator=g) * 10 + 1e-5 * torch.randn(500, 6, generator=g)
+    sol2 = ppca(x2.double(), 2)
+    assert float(sol2.noise_variance.sqrt()) < 1e-4
+    with pytest.warns(UserWarning) as record:
+        vae2 = LinearVAE(6, 2).double().init_from_ppca(sol2)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "PPCA noise standard deviation" in messages and "posterior standard deviation" in messages
+    assert all(w.filename == __file__ for w in record)  # the warning points at the caller
+    assert torch.allclose(vae2.noise_variance.detach(), torch.full((6,), (MIN_SCALE * 1.001) ** 2, dtype=torch.float64))
+    loc, scale = vae2.encode(x2[:5].double())
+    assert bool(torch.isfinite(loc).all()) and bool((scale >= 1e-4).all())
+    assert bool(torch.isfinite(vae2.log_evidence(x2.double())).all())
+
+
+def test_ppca_refuses_data_of_rank_at_most_latent_dim():
+    # exactly rank-2 data: sigma^2 = 0 and log p unbounded (it returned 3.7e-16 and +46 nats)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 2, generator=g) @ torch.randn(2, 5, generator=g) + 3.0
+    for dtype in (torch.float32, torch.float64):
+        with pytest.raises(ValueError, match=r"numerical rank 2 \(n = 100 rows, d = 5 features\).*unbounded.*latent_dim < 2"):
+            ppca(x.to(dtype), 2)
+        assert float(ppca(x.to(dtype), 1).noise_variance) > 1e-3  # rank 2 > k = 1: a bounded MLE
+    # n <= k + 1 rows span at most n - 1 <= k dimensions
+    with pytest.raises(ValueError, match=r"numerical rank 2 \(n = 3 rows.*more rows"):
+        ppca(torch.randn(3, 6, generator=g), 2)
+    # tiny but real noise (1e-6 against O(1) signal) is not rank deficient, in float32 too
+    noisy = x + 1e-6 * torch.randn(100, 5, generator=g)
+    assert 0 < float(ppca(noisy, 2).noise_variance) < 1e-10
+
+
 # -- the lattice field: coarse-graining keeps the long wavelengths --------------------------------
 def test_lattice_field_covariance_is_diagonal_in_fourier_modes():
     size, mass = 12, 0.5
