@@ -67,7 +67,7 @@ Noise = Literal["isotropic", "per_feature"]
 NOISES: tuple[str, ...] = ("isotropic", "per_feature")
 
 
-#: The smallest scale :func:`_inverse_positive` sets: ``positive`` maps every raw value to
+#: The smallest scale the inverse link sets: ``positive`` maps every raw value to
 #: ``(MIN_SCALE, inf)``, so a scale at or below the floor has no raw parameter; it is
 #: raised to this value (the excess ``MIN_SCALE * 1e-3`` keeps the raw value finite).
 _SMALLEST_SCALE = MIN_SCALE * (1 + 1e-3)
@@ -233,7 +233,7 @@ class LinearVAE(VAE):
         the posterior precision. Returns ``self``.
 
         Scales are set exactly through the inverse of ``softplus(raw) + MIN_SCALE``
-        (:func:`_inverse_positive`, stable for any finite scale). A noise standard
+        (the inverse link, stable for any finite scale). A noise standard
         deviation :math:`\\hat\\sigma`, or a posterior standard deviation :math:`s_j`, at
         or below ``MIN_SCALE = 1e-4`` (nearly noise-free data) cannot be represented: it
         is raised to just above the floor with a ``UserWarning``, and the encoder is the
