@@ -19,6 +19,8 @@ import pvae
 from pvae.infer import amortization_gap, refine, site_log_probs
 from pvae.models.oracles import LinearGaussian
 
+from .subsampling import subsampling_pair
+
 
 def _oracle(orthogonal: bool = True, d: int = 6, k: int = 2) -> LinearGaussian:
     g = torch.Generator().manual_seed(3)
@@ -178,31 +180,12 @@ def test_planar_flow_family_runs_and_is_at_least_as_good_as_the_diagonal_family(
 
 
 # -- a data plate that subsamples at random (audit finding 1) --------------------------------
-def _subsampling_pair(exact: bool):
-    """x_i = i, z_i ~ N(0, 1), x_i ~ N(z_i, 0.5^2); the plate draws 2 of 6 indices per run.
-    Exact guide: N(x_i / 1.25, 0.2) (log w = log p(x_i) exactly); else N(0, 1)."""
-    import pyro
-    import pyro.distributions as dist
-
-    def model(x):
-        with pyro.plate("data", 6, subsample_size=2) as idx:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
-
-    def guide(x):
-        with pyro.plate("data", 6, subsample_size=2) as idx:
-            pyro.sample("z", dist.Normal(x[idx] / 1.25 if exact else 0.0 * x[idx], 0.2**0.5 if exact else 1.0))
-
-    x = torch.arange(6.0)
-    return model, guide, x, torch.distributions.Normal(0.0, 1.25**0.5).log_prob(x)
-
-
 def test_the_gap_and_refinement_keep_one_random_subsample():
     # The free per-datum parameters belong to the data of the set-up run; every
     # refinement step, ELBO and evidence estimate must replay those data. With no
     # step, q* is the (exact) encoder: every estimate is log p(x_i) of the same
     # data, exactly (float32 rounding, 1e-5), and both gaps are 0.
-    model, guide, x, log_p = _subsampling_pair(exact=True)
+    model, guide, x, log_p = subsampling_pair(exact=True)
     report = amortization_gap(model, guide, x, num_steps=0, elbo_particles=30, evidence_particles=30)
     which = (report.elbo_amortized[:, None] - log_p).abs().argmin(1)
     for value in (report.elbo_amortized, report.elbo_optimal, report.log_evidence):
@@ -210,7 +193,7 @@ def test_the_gap_and_refinement_keep_one_random_subsample():
     # refinement of a guide that ignores x: each datum's loc must reach its own
     # posterior mean x_i / 1.25 (means of different data lie 0.8 apart; Adam's
     # noise at the end, step 0.005, moves loc by far less than 0.1)
-    model, guide, x, _ = _subsampling_pair(exact=False)
+    model, guide, x, _ = subsampling_pair(exact=False)
     result = refine(model, guide, x, num_steps=300, learning_rate=0.1, final_learning_rate=0.005,
                     num_particles=8)
     idx = pyro_trace_subsample(result.guide, x)

@@ -21,6 +21,8 @@ from pvae.data import load_digits
 from pvae.infer import PsisDiagnostics, psis_diagnostics, to_inference_data
 from pvae.models import LinearGaussian, ModelGuidePair
 
+from .subsampling import subsampling_pair
+
 az = pytest.importorskip("arviz")
 
 
@@ -143,20 +145,7 @@ def test_psis_chunks_share_a_random_subsample():
     # subsampling plate they must replay the first chunk's indices. Exact guide:
     # every log-weight is log p(x_i) (datum i has the value i), so the estimate is
     # exactly some log p(x_i) and the weights are constant (k-hat -inf)
-    import pyro
-    import pyro.distributions as dist
-
-    def model(x):
-        with pyro.plate("data", 6, subsample_size=2) as idx:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
-
-    def guide(x):
-        with pyro.plate("data", 6, subsample_size=2) as idx:
-            pyro.sample("z", dist.Normal(x[idx] / 1.25, 0.2**0.5))
-
-    x = torch.arange(6.0)
-    log_p = torch.distributions.Normal(0.0, 1.25**0.5).log_prob(x)
+    model, guide, x, log_p = subsampling_pair(exact=True)
     psis = psis_diagnostics(model, guide, x, num_particles=20, chunk_size=5)
     assert ((psis.log_evidence[:, None] - log_p).abs().min(1).values < 1e-5).all(), psis.log_evidence
     assert bool((psis.khat == -math.inf).all()), psis.khat

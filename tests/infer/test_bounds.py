@@ -32,6 +32,8 @@ from pvae.infer.bounds import _LogWeightStream
 from pvae.infer.traces import site_log_probs
 from pvae.models import VAE, BetaBernoulliCoin, LinearGaussian
 
+from .subsampling import SUB_N, subsampling_pair
+
 NUM_DATA = 20
 
 
@@ -549,32 +551,6 @@ def test_learnable_linear_gaussian_trains_through_the_elbo():
 
 
 # -- a data plate that subsamples at random (audit finding 1) ------------------------------
-SUB_SIGMA, SUB_N = 0.5, 6
-
-
-def _subsampling_pair(exact: bool = True):
-    """x_i ~ N(z_i, 0.5^2), z_i ~ N(0, 1), datum i has the value i, and a plate that
-    draws 2 of the 6 indices at random on every run. The exact guide is the posterior
-    N(x_i / 1.25, 0.2): every log-weight is log p(x_i) = log N(x_i; 0, 1.25) exactly,
-    and the six values of log p(x_i) lie at least 0.4 nats apart, so each per-datum
-    value names its datum."""
-    post_scale = (SUB_SIGMA**2 / (1 + SUB_SIGMA**2)) ** 0.5
-
-    def model(x):
-        with pyro.plate("data", SUB_N, subsample_size=2) as idx:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, SUB_SIGMA), obs=x[idx])
-
-    def guide(x):
-        with pyro.plate("data", SUB_N, subsample_size=2) as idx:
-            loc = x[idx] / (1 + SUB_SIGMA**2) if exact else 0.0 * x[idx]
-            pyro.sample("z", dist.Normal(loc, post_scale if exact else 1.0))
-
-    x = torch.arange(SUB_N, dtype=torch.get_default_dtype())
-    log_p = dist.Normal(0.0, (1 + SUB_SIGMA**2) ** 0.5).log_prob(x)
-    return model, guide, x, log_p
-
-
 def _which_data(values: torch.Tensor, log_p: torch.Tensor, atol: float = 1e-5) -> list[int]:
     """The datum whose exact log p(x_i) each value equals (float32 rounding: 1e-5 at |log p| < 12)."""
     dist_to = (values[:, None] - log_p[None, :]).abs()
@@ -589,7 +565,7 @@ def test_every_chunk_uses_the_first_chunks_random_subsample(chunk_size):
     # (the audit measured values matching no log p(x_i) and a gap of 5.8 nats
     # for an exact guide). Exact guide: every value is some log p(x_i) with
     # stderr 0, and evidence and ELBO belong to the same data (gap 0).
-    model, guide, x, log_p = _subsampling_pair()
+    model, guide, x, log_p = subsampling_pair()
     bound = iwae_bound(model, guide, x, num_particles=12, chunk_size=chunk_size)
     data = _which_data(bound.value, log_p)
     assert len(set(data)) == 2 and (bound.stderr <= 1e-3).all(), bound
@@ -603,7 +579,7 @@ def test_every_chunk_uses_the_first_chunks_random_subsample(chunk_size):
 def test_a_pinned_subsample_that_no_longer_fits_the_plate_is_a_clear_error():
     from pvae.infer.traces import pin_subsample
 
-    model, guide, x, _ = _subsampling_pair()
+    model, guide, x, _ = subsampling_pair()
     first = site_log_probs(model, guide, x)
     assert set(first.subsample) == {"data"} and first.subsample["data"].shape == (2,)
     again = site_log_probs(pin_subsample(model, first.subsample), pin_subsample(guide, first.subsample), x,
