@@ -456,6 +456,22 @@ def test_captured_function_falls_back_on_value_reads():
     torch.testing.assert_close(f(2 * x)[0], 2 * x * 6)  # eager from then on, and right
 
 
+def _compiled_matches_recorded(step: CapturedStep, batch: tuple[torch.Tensor, ...]):
+    """The compiled step's loss and gradients on ``batch`` equal the recorded graph's
+    from the same random state, to float rounding; its terms."""
+    from pvae.infer.capture import _fork_rng
+
+    weight = torch.tensor(1.0)
+    with _fork_rng(batch):
+        compiled, compiled_grads = step._run_graph(batch, weight)
+    with _fork_rng(batch):
+        recorded, recorded_grads = step._run_graph(batch, weight, step._recorded)
+    torch.testing.assert_close(compiled.loss, recorded.loss, rtol=1e-5, atol=1e-4)
+    for a, b in zip(compiled_grads, recorded_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    return compiled
+
+
 def test_the_inductor_step_reads_the_live_parameters():
     """The compiled step is checked against the recorded graph only at its capture,
     so it must read the parameters as the optimiser leaves them: after updates its
@@ -466,14 +482,7 @@ def test_the_inductor_step_reads_the_live_parameters():
     batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(6)]
     step, _, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 6, mode="inductor")
     assert step.fallback is None and step._graph is not step._recorded
-    weight = torch.tensor(1.0)
-    with _fork_rng(batches[0]):
-        compiled, compiled_grads = step._run_graph(batches[0], weight)
-    with _fork_rng(batches[0]):
-        recorded, recorded_grads = step._run_graph(batches[0], weight, step._recorded)
-    torch.testing.assert_close(compiled.loss, recorded.loss, rtol=1e-5, atol=1e-4)
-    for a, b in zip(compiled_grads, recorded_grads):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    compiled = _compiled_matches_recorded(step, batches[0])
     with _fork_rng(batches[0]):
         first = TrainStep(_vae(), ElboObjective(), list(_vae().parameters()))(batches[0], 1.0)
     assert abs(float(first.loss) - float(compiled.loss)) > 1e-2  # the parameters have moved
@@ -486,8 +495,6 @@ def test_the_compiled_step_multiplies_on_onednn_where_it_is_faster(monkeypatch, 
     faster (on this AMD CPU, 0.47x MKL's time for 100 x 784 x 400), with the recorded
     graph's loss and gradients to float rounding; the checks still replay the
     recorded graph with torch's products."""
-    from pvae.infer.capture import _fork_rng
-
     monkeypatch.setattr(capture, "_onednn_is_faster", lambda graph: faster)
     batches = [(_digits()[i * 32:(i + 1) * 32],) for i in range(3)]
     step, _, _ = _steps(CapturedStep, _vae(), ElboObjective(), batches, [1.0] * 3, mode="inductor")
@@ -496,14 +503,7 @@ def test_the_compiled_step_multiplies_on_onednn_where_it_is_faster(monkeypatch, 
     products = [n for n in step._recorded.graph.nodes if n.target in (aten.mm.default, aten.addmm.default)]
     assert step._graph.onednn_gemms == (len(products) if faster else 0) and len(products) >= 8
     assert not any("pvae" in str(n.target) for n in step._recorded.graph.nodes)  # the checks' graph
-    weight = torch.tensor(1.0)
-    with _fork_rng(batches[0]):
-        compiled, compiled_grads = step._run_graph(batches[0], weight)
-    with _fork_rng(batches[0]):
-        recorded, recorded_grads = step._run_graph(batches[0], weight, step._recorded)
-    torch.testing.assert_close(compiled.loss, recorded.loss, rtol=1e-5, atol=1e-4)
-    for a, b in zip(compiled_grads, recorded_grads):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    _compiled_matches_recorded(step, batches[0])
 
 
 @pytest.mark.skipif(not capture._ONEDNN, reason="this PyTorch build has no oneDNN")
