@@ -706,15 +706,10 @@ class _InductorGraph:
 _ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
 
 if _ONEDNN:
-    def _dense(t: torch.Tensor) -> torch.Tensor:
-        """``t`` itself if it is row- or column-major, else a row-major copy (oneDNN misreads
-        other strides, e.g. the zero strides of an expanded tensor)."""
-        return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
-
     @torch.library.custom_op("pvae::onednn_mm", mutates_args=())
     def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a @ b`` by oneDNN's inner-product kernel (``b`` read transposed, no copy)."""
-        return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b).t(), None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
 
     @_onednn_mm.register_fake
     def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -723,7 +718,7 @@ if _ONEDNN:
     @torch.library.custom_op("pvae::onednn_addmm", mutates_args=())
     def _onednn_addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``bias + a @ b`` (``bias`` one value per column) by oneDNN."""
-        return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b).t(), bias.contiguous(), "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
 
     @_onednn_addmm.register_fake
     def _(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
