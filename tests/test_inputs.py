@@ -220,6 +220,35 @@ def test_every_verb_takes_both_conventions_and_any_array(x32, name):
         torch.testing.assert_close(r, results[0], equal_nan=True)
 
 
+@pytest.mark.parametrize("name", PAIR_VERBS)
+def test_every_verb_gives_fits_clear_error_for_nan_and_off_support_data(x32, name):
+    # before, NaN reached the encoder and failed inside the guide as "Expected
+    # parameter loc ... to satisfy the constraint Real()"; 2.5 is no Bernoulli value
+    verb, options, _ = PAIR_VERBS[name]
+    vae = _vae()
+    holes = x32.clone()
+    holes[0, 3] = float("nan")
+    with pytest.raises(DataError, match=r"1 NaN entries at observed positions .* mask=~torch.isnan\(x\)"):
+        verb(vae.model, vae.guide, holes, **options)
+    with pytest.raises(DataError, match=r"'bernoulli' needs x in"):
+        verb(vae, x32 * 2.5, **options)
+    # a mask marking the NaN missing is accepted wherever the verb passes it on
+    if name in ("elbo", "elbo_terms", "iwae_bound", "site_log_probs"):
+        verb(vae, holes, ~torch.isnan(holes), **options)
+
+
+def test_verbs_validate_with_the_model_keywords_the_program_checks():
+    # a multimodal program's `present` travels as a keyword; its validate needs it
+    mvae = pvae.models.MultimodalVAE((5, 3), ("bernoulli", "normal"), latent_dim=2, hidden_dims=(8,))
+    x1, x2 = torch.randint(0, 2, (4, 5)).float(), torch.randn(4, 3)
+    present = torch.ones(4, 2, dtype=torch.bool)
+    present[:2, 1] = False
+    x2[:2] = float("nan")
+    assert elbo_terms(mvae, x1, x2, present=present, num_particles=2).elbo.isfinite().all()
+    with pytest.raises(DataError, match="modality '1'"):
+        elbo_terms(mvae, x1, x2, num_particles=2)
+
+
 def test_fit_takes_both_conventions(x32):
     runs = []
     for call in ("program", "pair"):

@@ -13,6 +13,7 @@ the data plate ``"data"`` at ``dim=-1``.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -145,6 +146,20 @@ def _convention_error(verb: str, got: tuple[Any, ...]) -> str:
     )
 
 
+def _validate(program: Any, data: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Run the program's ``validate(*data, **model_kwargs)`` when it has one; the
+    verb's keyword arguments that ``validate`` names (e.g. a multimodal program's
+    ``present``) go with the data."""
+    validate = getattr(program_owner(program), "validate", None)
+    if not callable(validate):
+        return
+    names = {
+        p.name for p in inspect.signature(validate).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    validate(*data, **{k: v for k, v in kwargs.items() if k in names})
+
+
 def program_verb(
     form: Literal["pair", "program"] = "program",
     *,
@@ -158,7 +173,10 @@ def program_verb(
     receives ``(model, guide, *data)`` with ``form="pair"`` and
     ``(program, *data)`` with ``form="program"``; with ``convert`` the data pass
     through :func:`pvae.inputs.as_data_args` on the way (NumPy, pandas, any
-    dtype -> the program's dtype and device).
+    dtype -> the program's dtype and device), then through the program's own
+    ``validate(*data)`` when it has one (the check :func:`pvae.fit` runs), so
+    that NaN without a mask or data off the likelihood's support get the same
+    clear error in every verb instead of a failure deep inside the guide.
 
     :param str form: what the body takes, ``"pair"`` or ``"program"``.
     :param bool convert: convert the positional data. Default True.
@@ -174,6 +192,7 @@ def program_verb(
             program, data = split_program(fn.__name__, args, guide)
             if convert:
                 data = as_data_args(program, data)
+                _validate(program, data, kwargs)
             if form == "pair":
                 return fn(program.model, program.guide, *data, **kwargs)
             return fn(program, *data, **kwargs)
