@@ -1,17 +1,27 @@
-"""The ``pvae`` command line: ``pvae fit``, ``pvae evaluate`` and ``pvae demo``.
+"""The ``pvae`` command line: ``pvae fit | evaluate | gap | effect | demo``.
 
 This module only parses arguments, calls pvae's public API and reports; the
-training loop lives in :func:`pvae.fit` and the bounds in :mod:`pvae.infer`.
+training loop lives in :func:`pvae.fit`, the bounds and the amortisation gap in
+:mod:`pvae.infer` and the causal effects in :mod:`pvae.causal`. ``python -m
+pvae`` runs it too.
 
 Usage::
 
     pvae fit --data digits --latent-dim 8 --epochs 50 --out runs/digits
     pvae fit --data csv:table.csv --likelihood normal --out runs/table   # NaN = missing
-    pvae fit --data mnist:../shared/data/mnist --out runs/mnist
+    pvae fit --data mnist:../shared/data/mnist --out runs/mnist        # the folder's t10k (test) files
+    pvae fit --data mnist-train:PATH --out runs/mnist60k                # ... its train-* files
     pvae fit ... --out runs/mnist --resume     # continue an interrupted fit (same options)
     pvae evaluate runs/digits                  # ELBO on the same validation split
     pvae evaluate runs/digits --data digits    # ... or on any data set
+    pvae gap runs/digits --num-data 100        # amortisation gap on 100 training rows -> gap.json
+    pvae effect --data table.csv --treatment t --outcome y --out reports/effect   # CEVAE's ATE and ITEs
     pvae demo --out reports/demo               # train on digits, write a figure report
+
+``--data`` names a data set: ``digits`` (scikit-learn's 8x8 digits),
+``mnist:PATH`` (the 10k test files ``t10k-*-ubyte[.gz]`` of a folder of MNIST
+IDX files; ``mnist-test:PATH`` says the same explicitly, ``mnist-train:PATH``
+reads the folder's 60k ``train-*`` files) or ``csv:PATH`` (a numeric CSV).
 
 A fit folder holds ``config.json`` (everything needed to rebuild the model and
 its data split, and the data's row count and SHA-256, so that ``evaluate``
@@ -25,7 +35,11 @@ A run never overwrites another silently: ``pvae fit`` refuses a folder that
 already holds a run's files unless given ``--overwrite`` (which deletes those
 files, and only those, first) or ``--resume``. ``pvae demo`` replaces a
 previous *demo report* in its folder (so ``make demo`` can be run again) and
-refuses anything else there without ``--overwrite``.
+refuses anything else there without ``--overwrite``. ``pvae gap`` and
+``pvae evaluate`` add ``gap.json`` and ``evaluation.json`` to a fit folder and
+touch nothing else there. ``pvae effect --out DIR`` writes ``effect.json``,
+``ite.csv`` and ``cevae.pt`` (:meth:`pvae.causal.CEVAE.save`) and, like ``fit``,
+refuses a folder holding a previous run or effect unless given ``--overwrite``.
 
 Errors a user can act on (bad arguments or data, missing files, corrupt
 weights, Ctrl-C) are reported as one line ``pvae: error: ...`` on stderr with
@@ -36,6 +50,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -43,14 +58,24 @@ import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, get_args
 
 import pyro
 import torch
 
 import pvae
+from pvae.causal import CEVAE
+from pvae.causal.cevae import OutcomeDist
 from pvae.data import Dataset, load_csv, load_digits, load_mnist
-from pvae.infer import CheckpointError, FitResult, TrainingDivergedError, collapse_diagnostics, site_log_probs
+from pvae.infer import (
+    CheckpointError,
+    FitResult,
+    GapReport,
+    TrainingDivergedError,
+    amortization_gap,
+    collapse_diagnostics,
+    site_log_probs,
+)
 from pvae.models import LIKELIHOODS
 
 __all__ = ["main"]
@@ -59,16 +84,27 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 MODEL_NAME = "model.pt"
 EVALUATION_NAME = "evaluation.json"
+GAP_NAME = "gap.json"
 CHECKPOINT_NAME = "checkpoint.pt"  # pvae.fit's, in checkpoint_dir
 DEMO_FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "prototype.png", "latent_map.png")
-# every file a fit or demo writes (and the checkpoint's temporary file): what --overwrite deletes
-RUN_FILES = (CONFIG_NAME, METRICS_NAME, MODEL_NAME, CHECKPOINT_NAME, CHECKPOINT_NAME + ".tmp", EVALUATION_NAME,
-             *DEMO_FIGURES)
+# what `pvae effect --out DIR` writes
+EFFECT_NAME, ITE_NAME, CEVAE_NAME = "effect.json", "ite.csv", "cevae.pt"
+EFFECT_FILES = (EFFECT_NAME, ITE_NAME, CEVAE_NAME)
+# read from a fit's weights: stale once they change (a resumed fit deletes them)
+DERIVED_FILES = (EVALUATION_NAME, GAP_NAME)
+# every file a fit, demo or effect writes (and the checkpoint's temporary file): what --overwrite deletes
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, MODEL_NAME, CHECKPOINT_NAME, CHECKPOINT_NAME + ".tmp", *DERIVED_FILES,
+             *DEMO_FIGURES, *EFFECT_FILES)
 CONFIG_FORMAT = "pvae-cli-config-v1"
 VALIDATION_FRACTION = 0.1
 SMOKE_EPOCHS = 2
 SMOKE_ROWS = 512
 _IMAGE_SHAPES = {"digits": (8, 8), "mnist": (28, 28)}
+# the MNIST kinds of --data and the split of the folder's IDX files each reads ("mnist": today's test files)
+_MNIST_SPLITS = {"mnist": "test", "mnist-test": "test", "mnist-train": "train"}
+_DATA_SPECS = ("'digits', 'mnist:PATH' (the t10k test files of a folder of MNIST IDX files; 'mnist-train:PATH' "
+               "for its train files) or 'csv:PATH' (numeric CSV file)")
+GAP_ROWS = 100  # q* is refined per data point: a small default
 _UNITS = "nats per datum"
 COLLAPSE_ROWS = 1000  # the mutual information costs O(n^2): diagnose the first rows only
 
@@ -91,16 +127,32 @@ class _Data:
 
 
 def _parse_data_spec(spec: str) -> tuple[str, str | None]:
-    """``"digits"`` / ``"mnist:PATH"`` / ``"csv:PATH"`` -> ``(kind, path)``."""
+    """``"digits"`` / ``"mnist:PATH"`` / ``"mnist-train:PATH"`` / ``"mnist-test:PATH"`` /
+    ``"csv:PATH"`` -> ``(kind, path)``."""
     kind, sep, path = spec.partition(":")
     if kind == "digits" and not sep:
         return kind, None
-    if kind in ("mnist", "csv") and path:
+    if (kind in _MNIST_SPLITS or kind == "csv") and path:
         return kind, path
-    raise ValueError(
-        f"--data must be 'digits', 'mnist:PATH' (folder of MNIST IDX files) or 'csv:PATH' "
-        f"(numeric CSV file), got {spec!r}."
-    )
+    raise ValueError(f"--data must be {_DATA_SPECS}, got {spec!r}.")
+
+
+def _family(kind: str) -> str:
+    """``"mnist"`` for every MNIST kind, else ``kind``."""
+    return "mnist" if kind in _MNIST_SPLITS else kind
+
+
+def _load_mnist_split(spec: str, path: str, split: str, binarize: bool) -> Dataset:
+    """:func:`pvae.data.load_mnist` of one split; a folder without the training files gets a hint."""
+    try:
+        return load_mnist(path, split=split, binarize="static" if binarize else None)
+    except FileNotFoundError:
+        if split != "train" or not Path(path).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"--data {spec}: {path} holds no MNIST training files (train-images-idx3-ubyte and "
+            f"train-labels-idx1-ubyte, gzipped or not). Try mnist:{path} for its t10k test files."
+        ) from None
 
 
 def _load_data(spec: str, binarize: bool | None, likelihood: str, limit: int | None = None) -> tuple[_Data, bool]:
@@ -110,14 +162,15 @@ def _load_data(spec: str, binarize: bool | None, likelihood: str, limit: int | N
     Bernoulli likelihood only; a CSV is binarised (at 0.5) only on request.
     """
     kind, path = _parse_data_spec(spec)
+    family = _family(kind)
     if binarize is None:
-        binarize = likelihood == "bernoulli" and kind in _IMAGE_SHAPES
+        binarize = likelihood == "bernoulli" and family in _IMAGE_SHAPES
     labels = mask = None
     if kind == "digits":
         ds: Dataset = load_digits(binarize=binarize)
         x, labels, name = ds.x, ds.y, ds.name
-    elif kind == "mnist":
-        ds = load_mnist(path, split="test", binarize="static" if binarize else None)
+    elif family == "mnist":
+        ds = _load_mnist_split(spec, path, _MNIST_SPLITS[kind], binarize)
         x, labels, name = ds.x, ds.y, ds.name
     else:
         x, name = load_csv(path).x, Path(path).name
@@ -127,7 +180,7 @@ def _load_data(spec: str, binarize: bool | None, likelihood: str, limit: int | N
             x = torch.where(nan, x, (x > 0.5).to(x.dtype))
     if limit is not None:
         x, labels, mask = (None if t is None else t[:limit] for t in (x, labels, mask))
-    return _Data(x, mask, labels, name, _IMAGE_SHAPES.get(kind)), binarize
+    return _Data(x, mask, labels, name, _IMAGE_SHAPES.get(family)), binarize
 
 
 def _split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +210,7 @@ def _check_same_data(data: _Data, fitted: dict[str, Any], spec: str, folder: Pat
               "they are now, which gives the fit's split only if they are unchanged.", file=sys.stderr)
         return
     n, expected = len(data.x), fitted["n_rows"]
-    retry = f"Try --data {spec} to evaluate the whole data set, or re-run `pvae fit`."
+    retry = f"Try --data {spec} to use the whole data set, or re-run `pvae fit`."
     if n != expected:
         raise ValueError(f"the data at {spec} now have {n} rows, the fit in {folder} had {expected}: "
                          f"its validation split cannot be rebuilt. {retry}")
@@ -249,7 +302,7 @@ def _check_out(out: Path, command: str, overwrite: bool, resume: bool) -> list[s
     found = _previous_run(out)
     if not found or resume:
         return []
-    if overwrite or (command == "demo" and _is_demo_report(out)):
+    if overwrite or (command == "demo" and _is_demo_report(out) and not set(found) & set(EFFECT_FILES)):
         return found
     resume_hint = ", or --resume to continue an interrupted fit with the same options" if command == "fit" else ""
     raise FileExistsError(
@@ -324,7 +377,7 @@ def _train(opts: _FitOptions, out: Path, quiet: bool, command: str = "fit", over
     }
     if resume:
         _check_resumable(out, config)
-        stale = [EVALUATION_NAME] if (out / EVALUATION_NAME).exists() else []  # of the weights being replaced
+        stale = [name for name in DERIVED_FILES if (out / name).exists()]  # of the weights being replaced
     elif stale:
         print(f"replacing the previous {'run' if overwrite else 'demo report'} in {out}: deleting {', '.join(stale)}")
     for name in stale:
@@ -407,7 +460,7 @@ def _load_model(folder: Path, config: dict[str, Any]) -> pvae.VAE:
     vae = pvae.VAE(**config["model"])
     path = folder / MODEL_NAME
     if not path.is_file():
-        hint = (f"its fit did not finish: continue it with `pvae fit` and the same options plus --resume"
+        hint = ("its fit did not finish: continue it with `pvae fit` and the same options plus --resume"
                 if (folder / CHECKPOINT_NAME).exists() else "Try the --out folder of a finished `pvae fit`")
         raise CheckpointError(f"no {MODEL_NAME} in {folder}: {hint}.")
     try:
@@ -451,18 +504,35 @@ def _elbo_terms(vae: pvae.VAE, tensors: tuple[torch.Tensor, ...], num_particles:
     return out
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.data is not None and args.split is not None:
-        raise ValueError("--split chooses part of the fit's own data; with --data the whole data set is evaluated.")
-    folder = Path(args.dir)
+def _open_fit(folder: Path) -> tuple[dict[str, Any], pvae.VAE]:
+    """The config and the fitted VAE of a fit folder (``evaluate`` and ``gap``)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder. Try the --out folder of a finished `pvae fit`.")
     config = _read_config(folder)
-    vae = _load_model(folder, config)
+    return config, _load_model(folder, config)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The rows a command reads: ``data`` rows ``index`` (all if None), described by ``where``."""
+
+    data: _Data
+    index: torch.Tensor | None
+    spec: str
+    split: str
+    where: str
+
+
+def _select_data(folder: Path, config: dict[str, Any], spec: str | None, split: str | None,
+                 binarize: bool | None, default_split: str) -> _Selection:
+    """A fit's own train or validation split (``spec`` None: the fit's data, refused if they
+    changed since the fit), or the whole data set ``spec``; checked against the model's width."""
+    if spec is not None and split is not None:
+        raise ValueError("--split chooses part of the fit's own data; with --data the whole data set is used.")
     likelihood, fitted = config["model"]["likelihood"], config["data"]
-    binarize = fitted["binarize"] if args.binarize is None else args.binarize
-    if args.data is None:
-        split, spec = args.split or "validation", fitted["spec"]
+    binarize = fitted["binarize"] if binarize is None else binarize
+    if spec is None:
+        split, spec = split or default_split, fitted["spec"]
         data, _ = _load_data(spec, binarize, likelihood, fitted.get("limit"))
         same = data if binarize == fitted["binarize"] else _load_data(spec, fitted["binarize"], likelihood,
                                                                       fitted.get("limit"))[0]
@@ -471,7 +541,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         index = val_index if split == "validation" else train_index
         where = f"{split} split of {data.name}"
     else:
-        split, spec = "all", args.data
+        split = "all"
         data, _ = _load_data(spec, binarize, likelihood)
         index, where = None, data.name
     expected = config["model"]["input_dim"]
@@ -481,7 +551,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"--data {spec!r} has {got}, the fit in {folder} had {expected}. "
             "Try the data the model was fitted on (or the same columns in the same order)."
         )
-    tensors = data.tensors(index)
+    return _Selection(data, index, spec, split, where)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    folder = Path(args.dir)
+    config, vae = _open_fit(folder)
+    chosen = _select_data(folder, config, args.data, args.split, args.binarize, "validation")
+    split, spec, where = chosen.split, chosen.spec, chosen.where
+    tensors = chosen.data.tensors(chosen.index)
     pyro.set_rng_seed(args.seed)
     terms = _elbo_terms(vae, tensors, args.num_particles, args.batch_size)
     n = tensors[0].shape[0]
@@ -511,6 +589,263 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{collapse.mutual_information:.3f} nats (at most log n = {collapse.mutual_information_max:.3f})"
               + ("; COLLAPSED: the code carries no information about x" if collapse.collapsed else ""))
     print(f"wrote {folder / EVALUATION_NAME}")
+    return 0
+
+
+# -- gap ---------------------------------------------------------------------------
+# GapReport's per-datum fields, in the table's order, with their labels
+_GAP_ROWS = (
+    ("log_evidence", "log p(x)"),
+    ("elbo_optimal", "ELBO of the optimal q*"),
+    ("elbo_amortized", "ELBO of the encoder"),
+    ("approximation_gap", "approximation gap"),
+    ("amortization_gap", "amortisation gap"),
+    ("elbo_flexible", "ELBO of the flexible q*"),
+    ("approximation_gap_flexible", "approximation gap (flexible)"),
+)
+
+
+def _gap_summary(report: GapReport) -> dict[str, dict[str, float | None]]:
+    """:meth:`GapReport.summary` as ``{field: {"mean", "stderr"}}`` (stderr None for one datum)."""
+    return {name: {"mean": mean, "stderr": None if math.isnan(se) else se}
+            for name, (mean, se) in report.summary().items()}
+
+
+def _cmd_gap(args: argparse.Namespace) -> int:
+    folder = Path(args.dir)
+    config, vae = _open_fit(folder)
+    chosen = _select_data(folder, config, args.data, args.split, args.binarize, "train")
+    rows = chosen.index if chosen.index is not None else torch.arange(len(chosen.data.x))
+    rows = rows[: args.num_data]
+    tensors = chosen.data.tensors(rows)
+    n = len(rows)
+    options = {
+        "num_steps": args.num_steps,
+        "learning_rate": args.learning_rate,
+        "num_particles": args.num_particles,
+        "elbo_particles": args.elbo_particles,
+        "evidence_particles": args.evidence_particles,
+        "flexible_family": args.flexible_family,
+    }
+    where = f"first {n} rows of the {chosen.where}"
+    if not args.quiet:
+        print(f"fitting q* to each of the {where}: {args.num_steps} Adam steps of {args.num_particles} "
+              f"particle(s){' (and a ' + args.flexible_family + ' q*)' if args.flexible_family else ''} ...")
+    pyro.set_rng_seed(args.seed)
+    tick = time.perf_counter()
+    report = amortization_gap(vae, *tensors, **options)
+    seconds = time.perf_counter() - tick
+    summary = _gap_summary(report)
+    per_datum = {k: v for k, v in report.to_dict().items() if k != "summary"}
+    result = {
+        "folder": str(folder),
+        "data": chosen.spec,
+        "split": chosen.split,
+        # row numbers in the data set; for a split, the first rows in the order the fit was given them
+        "rows": rows.tolist(),
+        "n": n,
+        "seed": args.seed,
+        **options,
+        "seconds": seconds,
+        "units": _UNITS,
+        "stderr": "standard error of the mean over data points",
+        "summary": summary,
+        "per_datum": per_datum,
+    }
+    _write_json(folder / GAP_NAME, result)
+    print(f"amortisation gap on the {where} ({seconds:.1f} s), {_UNITS}")
+    print(f"  ELBOs from {args.elbo_particles} particles, log p(x) from an IWAE bound of "
+          f"{args.evidence_particles} with the tightest q* as proposal")
+    print(f"  {'quantity':<30}{'mean':>10}{'stderr':>10}")
+    for key, label in _GAP_ROWS:
+        if key in summary:
+            stderr = summary[key]["stderr"]
+            print(f"  {label:<30}{summary[key]['mean']:>10.3f}{'-' if stderr is None else f'{stderr:.3f}':>10}")
+    print("  (stderr: standard error of the mean over the data points; "
+          "log p(x) - ELBO of the encoder = approximation gap + amortisation gap)")
+    print(f"wrote {folder / GAP_NAME}")
+    return 0
+
+
+# -- effect ------------------------------------------------------------------------
+class _Diverged(RuntimeError):
+    """A CEVAE fit whose loss became NaN or infinite (exit status 1, as a diverged ``fit``)."""
+
+
+def _column(flag: str, name: str, header: Sequence[str] | None, width: int, file: Path) -> int:
+    """The 0-based index of the column ``name`` (a header name, else a 1-based number)."""
+    if header is not None and name in header:
+        if header.count(name) > 1:
+            raise ValueError(f"{flag} {name!r}: {file} has {header.count(name)} columns named so. "
+                             "Try the column's number (1-based) instead.")
+        return header.index(name)
+    if name.isdigit() and 1 <= int(name) <= width:
+        return int(name) - 1
+    shown = ", ".join(repr(h) for h in header) if header is not None else f"1..{width} (it has no header row)"
+    raise ValueError(f"{flag} {name!r} is not a column of {file}: its columns are {shown}. "
+                     "Try one of those names, or a column number (1-based).")
+
+
+def _first_row(bad: torch.Tensor) -> int:
+    """The 1-based data row (header not counted) of the first True in ``bad``."""
+    return int(bad.nonzero()[0]) + 1
+
+
+@dataclass(frozen=True)
+class _EffectData:
+    """Covariates, treatment and outcome read from a CSV, with the columns' names."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    y: torch.Tensor
+    treatment: str
+    outcome: str
+    covariates: list[str]
+    file: Path
+
+
+def _effect_data(args: argparse.Namespace) -> _EffectData:
+    """Read ``--data`` with :func:`pvae.data.load_csv` and pick and check its columns."""
+    path = args.data[len("csv:"):] if args.data.startswith("csv:") else args.data
+    file = Path(path)
+    csv_data = load_csv(file)
+    table, header = csv_data.x, csv_data.columns
+    width = table.shape[1]
+    names = header if header is not None else [str(j + 1) for j in range(width)]
+    t_col = _column("--treatment", args.treatment, header, width, file)
+    y_col = _column("--outcome", args.outcome, header, width, file)
+    if t_col == y_col:
+        raise ValueError(f"--treatment {args.treatment!r} and --outcome {args.outcome!r} are the same column "
+                         f"of {file}. Try two different columns.")
+    if args.covariates is None:
+        x_cols = [j for j in range(width) if j not in (t_col, y_col)]
+    else:
+        x_cols = [_column("--covariates", c, header, width, file) for c in args.covariates]
+        for j in x_cols:
+            if j in (t_col, y_col):
+                role = "treatment" if j == t_col else "outcome"
+                raise ValueError(f"--covariates lists {names[j]!r}, the {role} column. Try leaving it out.")
+        if len(set(x_cols)) != len(x_cols):
+            raise ValueError(f"--covariates lists a column twice: {args.covariates}. Try each column once.")
+    if not x_cols:
+        raise ValueError(f"{file} has no covariate column besides the treatment and the outcome. "
+                         "Try a table with covariates (the confounders' proxies) beside them.")
+    t, y, x = table[:, t_col], table[:, y_col], table[:, x_cols]
+    t_name, y_name = names[t_col], names[y_col]
+    if torch.isnan(t).any():
+        raise ValueError(f"the treatment column {t_name!r} has {int(torch.isnan(t).sum())} missing value(s) "
+                         f"(first in data row {_first_row(torch.isnan(t))}). Try dropping those rows.")
+    not_binary = (t != 0) & (t != 1)
+    if not_binary.any():
+        raise ValueError(f"the treatment column {t_name!r} must be binary (0 or 1), got {t[not_binary][0].item():g} "
+                         f"in data row {_first_row(not_binary)}. Try a 0/1 treatment column.")
+    if bool((t == t[0]).all()):
+        raise ValueError(f"every row of {file} has treatment {t_name!r} = {t[0].item():g}: an effect needs treated "
+                         "and untreated rows. Try a table with both.")
+    if torch.isnan(y).any():
+        raise ValueError(f"the outcome column {y_name!r} has {int(torch.isnan(y).sum())} missing value(s) "
+                         f"(first in data row {_first_row(torch.isnan(y))}). Try dropping those rows.")
+    missing = torch.isnan(x)
+    if missing.any():
+        col = int(missing.any(0).nonzero()[0])
+        raise ValueError(
+            f"the covariate column {names[x_cols[col]]!r} has {int(missing[:, col].sum())} missing value(s) "
+            f"(first in data row {_first_row(missing[:, col])}). Try imputing them, dropping those rows, "
+            "or --covariates without that column."
+        )
+    if args.outcome_dist == "bernoulli" and not ((y == 0) | (y == 1)).all():
+        bad = (y != 0) & (y != 1)
+        raise ValueError(f"--outcome-dist bernoulli needs a 0/1 outcome; column {y_name!r} holds "
+                         f"{y[bad][0].item():g} (data row {_first_row(bad)}). Try --outcome-dist normal.")
+    return _EffectData(x, t, y, t_name, y_name, [names[j] for j in x_cols], file)
+
+
+def _write_ite(path: Path, data: _EffectData, ite: torch.Tensor, lower: torch.Tensor,
+               upper: torch.Tensor) -> Path:
+    """One line per data row (1-based, as in error messages): its treatment, outcome,
+    estimated individual effect and that effect's interval."""
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["row", "t", "y", "ite", "ite_lower", "ite_upper"])
+        columns = (data.t, data.y, ite, lower, upper)
+        for i, values in enumerate(zip(*(c.tolist() for c in columns))):
+            out.writerow([i + 1, *(f"{v:.7g}" for v in values)])
+    return path
+
+
+def _cmd_effect(args: argparse.Namespace) -> int:
+    data = _effect_data(args)
+    out = None if args.out is None else Path(args.out)
+    stale = [] if out is None else _check_out(out, "effect", args.overwrite, resume=False)
+    outcome_dist = args.outcome_dist
+    if outcome_dist is None:
+        outcome_dist = "bernoulli" if bool(((data.y == 0) | (data.y == 1)).all()) else "normal"
+    n, n_treated = len(data.t), int(data.t.sum())
+    model = {"feature_dim": data.x.shape[1], "outcome_dist": outcome_dist, "latent_dim": args.latent_dim,
+             "hidden_dim": args.hidden_dim, "num_layers": args.num_layers, "num_samples": args.num_samples}
+    training = {"num_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+                "seed": args.seed}
+    if not args.quiet:
+        print(f"fitting a CEVAE ({outcome_dist} outcome) to {data.file.name}: {n} rows, {n_treated} treated, "
+              f"{len(data.covariates)} covariate(s) ...")
+    cevae = CEVAE(**model)
+    tick = time.perf_counter()
+    try:
+        cevae.fit(data.x, data.t, data.y, **training)
+    except RuntimeError as err:  # CEVAE's divergence guard raises "CEVAE training diverged: ..."
+        if not str(err).startswith("CEVAE training diverged"):
+            raise
+        raise _Diverged(str(err)) from err
+    seconds = time.perf_counter() - tick
+    # the queries' posterior draws follow the seed, the same draws for both: the ATE is the ITEs' mean
+    pyro.set_rng_seed(args.seed)
+    ate = cevae.ate_inference(data.x, alpha=args.alpha)  # ate_interval's interval, with its point estimate
+    pyro.set_rng_seed(args.seed)
+    ite = cevae.effect_inference(data.x, alpha=args.alpha)
+    naive = float(data.y[data.t == 1].mean() - data.y[data.t == 0].mean())
+    level = 1 - args.alpha
+    summary = {
+        "pvae_version": pvae.__version__,
+        "data": str(data.file.resolve()),
+        "treatment": data.treatment,
+        "outcome": data.outcome,
+        "covariates": data.covariates,
+        "n": n,
+        "n_treated": n_treated,
+        "n_control": n - n_treated,
+        "ate": {"estimate": float(ate.mean), "lower": float(ate.lower), "upper": float(ate.upper),
+                "alpha": args.alpha, "level": level,
+                "interval": "CEVAE.ate_interval: normal approximation with the posterior spread of the ATE and "
+                            "the held-out residual standard error of the arm means"},
+        "naive_difference": naive,
+        "model": cevae.config(),
+        "training": {**training, "epochs_run": len(cevae.training_history), "seconds": seconds,
+                     "validation_rows": 0 if cevae.validation_rows is None else len(cevae.validation_rows)},
+        "assumptions": "a causal effect only if the covariates are proxies of every confounder (ignorability "
+                       "given the latent), both arms occur for every kind of unit (positivity), and units do "
+                       "not affect each other (SUTVA)",
+    }
+    print(f"CEVAE ({outcome_dist} outcome, latent_dim {args.latent_dim}) on {data.file.name}: {n} rows "
+          f"({n_treated} treated, {n - n_treated} control), covariates {', '.join(data.covariates)}; "
+          f"{summary['training']['epochs_run']} epochs in {seconds:.1f} s")
+    print(f"  ATE of {data.treatment!r} on {data.outcome!r}: {float(ate.mean):.4g}, "
+          f"{level:.0%} interval [{float(ate.lower):.4g}, {float(ate.upper):.4g}]")
+    print(f"  naive difference of means (no adjustment): {naive:.4g}")
+    if out is None:
+        print("  (pass --out DIR to write the per-row effects and a JSON summary)")
+        return 0
+    if stale:
+        print(f"replacing the previous run in {out}: deleting {', '.join(stale)}")
+    for name in stale:
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_json(out / EFFECT_NAME, summary),
+        _write_ite(out / ITE_NAME, data, ite.mean, ite.lower, ite.upper),
+        out / CEVAE_NAME,
+    ]
+    cevae.save(out / CEVAE_NAME)
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -580,6 +915,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _warmup_epochs(text: str) -> float:
     try:
         value = float(text)
@@ -600,6 +945,26 @@ def _hidden_dims(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) such as 0.05 (a 95% interval), got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _add_binarize(p: argparse.ArgumentParser, default_text: str) -> None:
     p.add_argument("--binarize", action=argparse.BooleanOptionalAction, default=None,
                    help=f"threshold the data at 0.5 to 0/1. Default: {default_text}")
@@ -611,12 +976,14 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     common.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="CPU threads for torch. Default: torch's choice (demo: 1)")
-    data_help = "digits (scikit-learn's 8x8 digits), mnist:PATH (folder of MNIST IDX files), or csv:PATH " \
-                "(numeric CSV, optional header, empty/NaN cells = missing)"
+    data_help = "digits (scikit-learn's 8x8 digits), mnist:PATH (the 10k test files t10k-* of a folder of MNIST " \
+                "IDX files; mnist-train:PATH reads its 60k train-* files, mnist-test:PATH the test files), or " \
+                "csv:PATH (numeric CSV, optional header, empty/NaN cells = missing)"
 
-    parser = _Parser(prog="pvae", description="Variational autoencoders as Pyro programs: fit, evaluate, demo.")
+    parser = _Parser(prog="pvae", description="Variational autoencoders as Pyro programs: fit, evaluate, "
+                                              "amortisation gap, causal effect, demo.")
     parser.add_argument("--version", action="version", version=f"pvae {pvae.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,evaluate,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,evaluate,gap,effect,demo}")
 
     fit = sub.add_parser("fit", parents=[common], help="train a VAE and write a fit folder",
                          description="Train a VAE on a 90/10 train/validation split and write DIR/config.json, "
@@ -662,6 +1029,77 @@ def _parser() -> argparse.ArgumentParser:
     _add_binarize(ev, "as in the fit")
     ev.set_defaults(run=_cmd_evaluate)
 
+    gap = sub.add_parser("gap", parents=[common], help="amortisation gap of a fit folder's encoder",
+                         description="Split the inference gap of a fitted VAE's encoder, per data point, into "
+                                     "the approximation gap (log p(x) - ELBO of the best q in the encoder's "
+                                     "family, q* fitted to each data point) and the amortisation gap (ELBO of "
+                                     "q* - ELBO of the encoder), with pvae.infer.amortization_gap (Cremer et "
+                                     "al. 2018); print the means and write DIR/gap.json.")
+    gap.add_argument("dir", help="a folder written by `pvae fit` or `pvae demo`")
+    gap.add_argument("--data", default=None, metavar="SPEC",
+                     help=f"use the first rows of this data set instead of the fit's own: {data_help}")
+    gap.add_argument("--split", choices=("train", "validation"), default=None,
+                     help="which part of the fit's own data (without --data). Default train")
+    gap.add_argument("--num-data", type=_positive_int, default=GAP_ROWS, metavar="N",
+                     help=f"data points (q* is fitted to each: the cost grows with N). For a split, its first N "
+                          f"rows in the order the fit was given them (a seeded shuffle). Default {GAP_ROWS}")
+    gap.add_argument("--num-steps", type=_non_negative_int, default=500, metavar="S",
+                     help="Adam steps fitting each q* (0: q* is the encoder's q). Default 500")
+    gap.add_argument("--learning-rate", type=_positive_float, default=2e-2, metavar="LR",
+                     help="Adam's initial step size, decaying to a 20th of it. Default 0.02")
+    gap.add_argument("--num-particles", type=_positive_int, default=8, metavar="K",
+                     help="particles per optimisation step. Default 8")
+    gap.add_argument("--elbo-particles", type=_positive_int, default=1000, metavar="K",
+                     help="particles of the final ELBO estimates. Default 1000")
+    gap.add_argument("--evidence-particles", type=_positive_int, default=5000, metavar="K",
+                     help="particles of the IWAE estimate of log p(x). Default 5000")
+    gap.add_argument("--flexible-family", choices=("full_covariance", "planar_flow"), default=None,
+                     help="also fit a richer per-datum q* and report its ELBO and approximation gap. Default none")
+    gap.add_argument("--seed", type=int, default=0, help="Default 0")
+    _add_binarize(gap, "as in the fit")
+    gap.set_defaults(run=_cmd_gap)
+
+    effect = sub.add_parser("effect", parents=[common], help="treatment effect in a CSV table, by a CEVAE",
+                            description="Fit a causal effect VAE (pvae.causal.CEVAE, Louizos et al. 2017) to a "
+                                        "numeric CSV table and print the average treatment effect of a binary "
+                                        "treatment column on an outcome column with its interval; with --out, "
+                                        "write DIR/effect.json, the per-row effects DIR/ite.csv and the model "
+                                        "DIR/cevae.pt. The estimate is causal only if the covariates are proxies "
+                                        "of every confounder, both arms occur for every kind of row, and rows "
+                                        "do not affect each other.")
+    effect.add_argument("--data", required=True, metavar="FILE.csv",
+                        help="numeric CSV (optional header row; read by pvae.data.load_csv)")
+    col = "a header name, or a column number (1-based)"
+    effect.add_argument("--treatment", required=True, metavar="COL", help=f"the 0/1 treatment column: {col}")
+    effect.add_argument("--outcome", required=True, metavar="COL", help=f"the outcome column: {col}")
+    effect.add_argument("--covariates", nargs="+", default=None, metavar="COL",
+                        help="the covariate columns. Default: every other column")
+    effect.add_argument("--outcome-dist", choices=get_args(OutcomeDist), default=None, metavar="NAME",
+                        help=f"family of the outcome: {', '.join(get_args(OutcomeDist))}. Default bernoulli "
+                             "for a 0/1 outcome, else normal")
+    effect.add_argument("--alpha", type=_alpha, default=0.05,
+                        help="one minus the intervals' coverage. Default 0.05 (95%% intervals)")
+    effect.add_argument("--latent-dim", type=_positive_int, default=20, metavar="N",
+                        help="dimension of the latent confounder. Default 20")
+    effect.add_argument("--hidden-dim", type=_positive_int, default=200, metavar="N",
+                        help="width of the hidden layers. Default 200")
+    effect.add_argument("--num-layers", type=_positive_int, default=3, metavar="N",
+                        help="hidden layers of the outcome networks. Default 3")
+    effect.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                        help="at most this many passes (early stopping on a seeded 30%% validation split keeps "
+                             "the best). Default 600")
+    effect.add_argument("--batch-size", type=_positive_int, default=100, metavar="N", help="Default 100")
+    effect.add_argument("--learning-rate", type=_positive_float, default=1e-3, metavar="LR", help="Default 1e-3")
+    effect.add_argument("--num-samples", type=_positive_int, default=100, metavar="S",
+                        help="posterior draws of the latent per row for the effects. Default 100")
+    effect.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, the validation split, training and the draws. Default 0")
+    effect.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for effect.json, ite.csv and cevae.pt. Default: write nothing")
+    effect.add_argument("--overwrite", action="store_true",
+                        help="replace a previous run or effect in DIR (its files are deleted first). Default: refuse")
+    effect.set_defaults(run=_cmd_effect)
+
     demo = sub.add_parser("demo", parents=[common], help="train on digits and write a figure report",
                           description="Train a VAE on binarised 8x8 digits and write metrics and figures: "
                                       "training curves, reconstructions, prior samples, the prototype z = 0 "
@@ -704,7 +1142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return run(args)
-    except TrainingDivergedError as err:  # a RuntimeError: checked before the rest
+    except (TrainingDivergedError, _Diverged) as err:  # RuntimeErrors: checked before the rest
         if args.debug:
             raise
         failure, status = err, 1

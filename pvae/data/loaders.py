@@ -93,11 +93,14 @@ class Dataset:
     :param y: int64 labels of shape ``(n,)``, or None.
     :type y: torch.Tensor or None
     :param str name: a short identifier such as ``"mnist-test"``.
+    :param columns: the names of ``x``'s columns (a CSV's header row), or None.
+    :type columns: tuple[str, ...] or None
     """
 
     x: torch.Tensor
     y: torch.Tensor | None
     name: str
+    columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.y is not None and self.y.shape != (len(self.x),):
@@ -135,7 +138,8 @@ def load_csv(path: str | os.PathLike) -> Dataset:
     :param path: the CSV file.
     :type path: str or os.PathLike
     :returns: a :class:`Dataset` with float32 ``x`` of shape ``(n, d)``, no
-        labels, named after the file.
+        labels, named after the file, with the header's names as ``columns``
+        (None without a header).
     :rtype: Dataset
     :raises FileNotFoundError: if the file is missing.
     :raises DataError: on a file that is not text, no data rows, a ragged row,
@@ -150,8 +154,10 @@ def load_csv(path: str | os.PathLike) -> Dataset:
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 numeric CSV.") from None
     width = len(lines[0][1]) if lines else 0  # the header's width, when there is one
+    columns = None
     if lines and not all(_is_number(c) for c in lines[0][1]):
-        lines = lines[1:]  # a header
+        columns = tuple(c.strip() for c in lines[0][1])
+        lines = lines[1:]
     if not lines:
         raise DataError(f"{file} holds no data rows. Try a CSV with one numeric row per data point.")
     values = []
@@ -169,7 +175,7 @@ def load_csv(path: str | os.PathLike) -> Dataset:
                 )
         values.append([math.nan if c.strip().lower() in _MISSING_TOKENS else float(c) for c in row])
     x = check_data(torch.tensor(values, dtype=torch.float64), name=str(file), allow_nan=True)
-    return Dataset(x, None, file.stem)
+    return Dataset(x, None, file.stem, columns)
 
 
 def load_digits(binarize: bool = False, threshold: float = 0.5) -> Dataset:

@@ -230,8 +230,9 @@ def test_load_csv_byte_order_mark_is_neither_data_loss_nor_a_header(tmp_path):
     assert load_csv(headerless).x.tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]  # row (1, 2) kept
     header = tmp_path / "bom_header.csv"
     header.write_bytes(BOM + b"a,b\n1,NA\n")
-    x = load_csv(header).x
-    assert x.shape == (1, 2) and x[0, 0] == 1.0 and torch.isnan(x[0, 1])
+    data = load_csv(header)
+    assert data.x.shape == (1, 2) and data.x[0, 0] == 1.0 and torch.isnan(data.x[0, 1])
+    assert data.columns == ("a", "b") and load_csv(headerless).columns is None  # the BOM is not in a name
 
 
 def test_ihdp_csv_with_byte_order_mark(tmp_path):
