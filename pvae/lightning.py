@@ -17,6 +17,12 @@ are then averaged over the ranks (one all-reduce of the flattened gradients),
 so with ``R`` ranks of batch ``B`` the update is that of one process with batch
 ``R B``: per-datum quantities (a plate's subsample scale, beta, the KL warm-up
 weight, IWAE's per-datum logsumexp) never depend on the number of ranks.
+Where the ranks do not divide the data, the rows the ``DistributedSampler``
+repeats to even out the shards are weighted zero (and the ranks' gradients
+weighted by their rows), so each datum counts once in every step, in the
+epoch's training row and in the validation ELBO. The loss per datum of the
+global batch travels in the same all-reduce, so the divergence guard
+(``divergence_factor``) decides on it, identically on every rank.
 DDP's own gradient hooks are switched off for this (``require_backward_grad_sync``),
 because a captured step computes its gradients outside autograd's hooks.
 With ``seed``, rank :math:`r` draws the noise of step :math:`s` from
@@ -72,7 +78,7 @@ from .inputs import as_data_args, as_data_tuple  # noqa: E402
 from .infer.capture import make_train_step  # noqa: E402
 from .infer.objectives import Objective, make_objective  # noqa: E402
 from .infer.engine import adam  # noqa: E402
-from .infer.train import CheckpointError, FitResult, _kl_schedule, _read_weights_only  # noqa: E402
+from .infer.train import CheckpointError, FitResult, _kl_schedule, _read_weights_only, prepare_program  # noqa: E402
 
 __all__ = ["DistributedTrainingError", "PvaeModule", "distributed_bounds", "fit_distributed", "load_checkpoint",
            "require_lightning", "step_seed"]
@@ -96,7 +102,8 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step) * 4_099 + int(rank)) % (2**63)
 
 
-def _average_gradients(params: Sequence[torch.Tensor]) -> None:
+def _average_gradients(params: Sequence[torch.Tensor], sums: Sequence[float | torch.Tensor] = (),
+                       scale: float | None = None) -> list[float]:
     """Average ``.grad`` over the ranks: one all-reduce of the flattened gradients.
 
     A rank without a gradient for a parameter contributes zeros (its rows did not
@@ -104,19 +111,66 @@ def _average_gradients(params: Sequence[torch.Tensor]) -> None:
     a gradient for keeps ``.grad`` None, as in one process, so that Adam leaves it
     alone (no weight decay, no step from its running moments): one flag per
     parameter, counting the ranks that have its gradient, travels in the same all-reduce.
+
+    :param sums: numbers (the step's loss and rows) summed over the ranks in the same
+        all-reduce; returned as floats (on one process: as given).
+    :param float scale: multiply this rank's gradients by it before the sum (ranks whose
+        batches hold different numbers of the data's rows: ``world * rows / total rows``).
+        Default None: the plain mean.
     """
     _, world = _world()
     if world == 1:
-        return
+        return [float(s) for s in sums]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
+    if scale is not None:
+        flat.mul_(scale)
     has_grad = torch.tensor([float(p.grad is not None) for p in params], dtype=flat.dtype, device=flat.device)
-    flat = torch.cat([flat, has_grad])
+    extra = [torch.as_tensor(s, dtype=flat.dtype, device=flat.device).reshape(1) for s in sums]
+    flat = torch.cat([flat, has_grad, *extra])
     dist.all_reduce(flat)
-    ranks_with_grad = flat[-len(grads):].tolist()
-    flat = flat[:-len(grads)].div_(world)
+    k, m = len(grads), len(extra)
+    summed = flat[flat.numel() - m:].tolist()
+    ranks_with_grad = flat[flat.numel() - m - k:flat.numel() - m].tolist()
+    flat = flat[:flat.numel() - m - k].div_(world)
     for p, chunk, count in zip(params, flat.split([g.numel() for g in grads]), ranks_with_grad):
         p.grad = chunk.view_as(p).to(p.dtype) if count > 0 else None  # (the flat buffer has the widest dtype)
+    return summed
+
+
+def _padded_shards(loader: Any) -> tuple[tuple[int, ...], int] | None:
+    """How many of each rank's rows in an epoch of ``loader`` are the data's own, and this
+    rank's index, when its sampler is a ``DistributedSampler`` that pads; None otherwise.
+
+    A ``DistributedSampler`` (Lightning's, injected into every loader) without ``drop_last``
+    repeats rows until the ranks' shares are equal: of the ``n`` rows (padded to
+    ``total_size``) rank :math:`r` takes the positions :math:`r, r + R, \\dots`, so its first
+    ``len(range(r, n, R))`` rows are the data's and the rest (at most one a rank when
+    ``n >= R``) are repeats. Batches take consecutive rows of a rank's share.
+    """
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if len(loader) == 1 else None
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None), batch_sampler):
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            break
+    else:
+        return None
+    try:
+        n = len(sampler.dataset)
+    except TypeError:
+        return None
+    if sampler.drop_last or sampler.total_size <= n:  # nothing repeated (e.g. UnrepeatedDistributedSampler)
+        return None
+    return tuple(len(range(r, n, sampler.num_replicas)) for r in range(sampler.num_replicas)), int(sampler.rank)
+
+
+def _own_rows(shards: tuple[tuple[int, ...], int] | None, position: int, rows: int) -> tuple[int, ...] | None:
+    """Rows of the data's own in every rank's batch of ``rows`` rows starting at ``position``
+    of its share (see :func:`_padded_shards`); None when nothing is padded."""
+    if shards is None:
+        return None
+    return tuple(min(max(own - position, 0), rows) for own in shards[0])
 
 
 class PvaeModule(L.LightningModule):
@@ -133,12 +187,19 @@ class PvaeModule(L.LightningModule):
     one-tuple). Logged once per epoch, as means per datum over every rank's rows:
     ``loss``, ``elbo``, ``reconstruction``, ``kl`` (and ``bound`` for
     importance-weighted objectives), ``kl_weight``, and ``val_elbo``,
-    ``val_reconstruction``, ``val_kl`` with validation data (``sync_dist``).
+    ``val_reconstruction``, ``val_kl`` with validation data.
     Optimisation is manual: pvae's step (eager or captured) leaves the
     gradients, which are averaged over the ranks, then Adam updates (see the
     module docstring). A program's ``on_train_step(epoch)`` (its own schedules,
     e.g. a Gumbel-softmax temperature) is called before every step with the
     fractional epoch, as :func:`pvae.fit` calls it.
+
+    **Each datum once.** When the ranks do not divide the data, Lightning's
+    ``DistributedSampler`` repeats rows so that every rank gets as many; those
+    repeats are weighted zero (cut from the batch before the step, the other
+    ranks' gradients weighted by their rows), so that every step is that of one
+    process on the global batch of the data's own rows, and an epoch's training
+    row and the validation ELBO count every datum exactly once.
 
     :param program: anything with ``model`` and ``guide`` whose parameters are an
         ``nn.Module``'s (pvae's programs; a user's ``PyroModule``).
@@ -153,8 +214,10 @@ class PvaeModule(L.LightningModule):
     :param int seed: seed the noise of every step from ``(seed, rank, step)``
         (:func:`step_seed`). Default None (leave the generators alone).
     :param float divergence_factor: as :func:`pvae.fit`'s: a loss per datum above this
-        multiple of ``|first loss| + 1`` (on each rank) stops the run with a
-        ``FloatingPointError``, as does NaN or inf. Default None: only NaN or inf.
+        multiple of ``|first loss| + 1`` stops the run with a ``FloatingPointError``, as
+        does NaN or inf. The loss is that of the global batch (summed over the ranks in the
+        gradients' all-reduce, before the update), so every rank takes the same decision,
+        that of one process with the global batch. Default None: only NaN or inf.
     :param tuple diagnostics: data rows (a tuple of tensors, a few hundred rows) for
         :func:`pvae.infer.collapse_summary`: every ``diagnostics_every`` epochs and
         after the last, the row gets ``active_units`` and ``mutual_information``, as
@@ -194,13 +257,17 @@ class PvaeModule(L.LightningModule):
         self.divergence_factor = divergence_factor
         self.diagnostics = diagnostics if diagnostics_every else None
         self.diagnostics_every = int(diagnostics_every or 0)
-        self._reference: float | None = None  # |first loss per datum| + 1 on this rank
+        self._reference: float | None = None  # |first loss per datum| + 1, over all ranks' rows
         self.automatic_optimization = False
         self.history: list[dict[str, float]] = []
         self._step_fn = None
         self._epoch_started = 0.0
         self._totals: torch.Tensor | None = None
         self._seen, self._kl_last = 0, 1.0
+        self._position, self._shards = 0, None  # rows of this rank's share taken this epoch; see _padded_shards
+        self._val_totals: torch.Tensor | None = None
+        self._val_seen, self._val_position, self._val_shards = 0, 0, None
+        self._val_row: dict[str, float] = {}
 
     # -- set-up -------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -219,7 +286,12 @@ class PvaeModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
-        self._totals, self._seen = None, 0
+        self._totals, self._seen, self._val_row = None, 0, {}
+        self._position, self._shards = 0, _padded_shards(self.trainer.train_dataloader)
+
+    def _width(self) -> tuple[torch.dtype, torch.device]:
+        p = self._params()
+        return (p[0].dtype, p[0].device) if p else (torch.get_default_dtype(), self.device)
 
     def _batch(self, batch: Any) -> tuple[torch.Tensor, ...]:
         batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
@@ -228,6 +300,12 @@ class PvaeModule(L.LightningModule):
     # -- steps --------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         batch = self._batch(batch)
+        rows = batch[0].shape[0]
+        counts = _own_rows(self._shards, self._position, rows)  # None: every row is the data's own
+        self._position += rows
+        own = rows if counts is None else counts[self._shards[1]]
+        if own < rows:  # the sampler's repeats at the end of this rank's share: weighted zero
+            batch = tuple(t[:own] for t in batch)
         steps = self.trainer.num_training_batches
         epoch = self.current_epoch + (batch_idx / steps if math.isfinite(steps) and steps else 0.0)
         kl_weight = float(self.kl_schedule(epoch))
@@ -236,36 +314,78 @@ class PvaeModule(L.LightningModule):
             hook(epoch)
         if self.seed is not None:
             torch.manual_seed(step_seed(self.seed, self.global_rank, self.global_step))
-        with pyro.validation_enabled(False):
-            terms = self._step_fn(batch, kl_weight)
-        value = float(terms.loss) / batch[0].shape[0]  # the one synchronisation of the step
+        params = self._params()
+        if own:
+            with pyro.validation_enabled(False):
+                terms = self._step_fn(batch, kl_weight)
+        else:  # nothing of the data's own in this rank's batch: no gradient, but the same collectives
+            terms = None
+            for p in params:
+                p.grad = None
+        # each rank's gradient of its loss per datum, weighted by its rows when they differ:
+        # the gradient of the global batch's loss per datum, as in one process
+        scale = None if counts is None or len(set(counts)) == 1 else len(counts) * own / sum(counts)
+        loss, seen = _average_gradients(params, (terms.loss if own else 0.0, own), scale)  # the step's one sync
+        value = loss / seen  # the global batch's loss per datum: the same on every rank
+        self._kl_last = kl_weight
         if self._reference is None:
             self._reference = abs(value) + 1.0
         factor = self.divergence_factor
         if not math.isfinite(value) or (factor is not None and value > factor * self._reference):
             why = "became" if not math.isfinite(value) else \
                 f"exceeded {factor:g}x its first value ({self._reference - 1:.4g}):"
+            world = _world()[1]
+            whose = f" of the global batch ({world} ranks' rows)" if world > 1 else ""
             raise FloatingPointError(
-                f"the loss per datum {why} {value:.4g} at epoch {self.current_epoch}, batch {batch_idx} on rank "
-                f"{self.global_rank}; the last checkpoint is untouched. Try a lower learning_rate."
+                f"the loss per datum{whose} {why} {value:.4g} at epoch {self.current_epoch}, batch {batch_idx}; "
+                "the last checkpoint is untouched. Try a lower learning_rate."
             )
-        _average_gradients(self._params())
         self.optimizers().step()
-        # the epoch's totals, added in place (as pvae's engine does): Lightning's per-step
-        # self.log costs more than a small step, so the rows are logged once per epoch
-        parts = torch.stack([terms.loss, terms.reconstruction, terms.kl] + ([] if terms.bound is None else [terms.bound]))
-        self._kl_last = kl_weight
-        self._totals = parts if self._totals is None else self._totals.add_(parts)
-        self._seen += batch[0].shape[0]
-        return terms.loss.detach() / batch[0].shape[0]
+        if terms is not None:
+            # the epoch's totals, added in place (as pvae's engine does): Lightning's per-step
+            # self.log costs more than a small step, so the rows are logged once per epoch
+            parts = torch.stack([terms.loss, terms.reconstruction, terms.kl,
+                                 terms.loss.new_zeros(()) if terms.bound is None else terms.bound,
+                                 terms.loss.new_tensor(float(terms.bound is not None))])
+            self._totals = parts if self._totals is None else self._totals.add_(parts)
+            self._seen += own
+        return torch.tensor(value)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals, self._val_seen, self._val_position = None, 0, 0
+        self._val_shards = _padded_shards(self.trainer.val_dataloaders)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         batch = self._batch(batch)
-        with pyro.validation_enabled(False):
+        rows = batch[0].shape[0]
+        counts = _own_rows(self._val_shards, self._val_position, rows)
+        self._val_position += rows
+        own = rows if counts is None else counts[self._val_shards[1]]
+        if not own:  # only the sampler's repeats
+            return
+        batch = batch if own == rows else tuple(t[:own] for t in batch)
+        with torch.no_grad(), pyro.validation_enabled(False):
             terms = self.objective(self.program.model, self.program.guide, batch, {}, 1.0)
-        b = batch[0].shape[0]
-        self.log_dict({"val_elbo": terms.elbo / b, "val_reconstruction": terms.reconstruction / b,
-                       "val_kl": terms.kl / b}, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
+        parts = torch.stack([terms.elbo, terms.reconstruction, terms.kl]).detach()
+        self._val_totals = parts if self._val_totals is None else self._val_totals.add_(parts)
+        self._val_seen += own
+
+    def on_validation_epoch_end(self) -> None:
+        """The validation means per datum over every rank's rows, each datum once (one all-reduce)."""
+        dtype, device = self._width()
+        totals = torch.zeros(4, dtype=dtype, device=device)
+        if self._val_totals is not None:
+            totals[:3] = self._val_totals.to(dtype)
+        totals[3] = self._val_seen
+        if _world()[1] > 1:
+            dist.all_reduce(totals)
+        if totals[3] <= 0:
+            return
+        elbo, rec, kl = (totals[:3] / totals[3]).tolist()
+        val = {"val_elbo": elbo, "val_reconstruction": rec, "val_kl": kl}
+        self.log_dict(val, on_epoch=True, sync_dist=True)  # the same on every rank already
+        if not self.trainer.sanity_checking:
+            self._val_row = val
 
     def _check_finite(self) -> None:
         """Once per epoch, before a checkpoint can be written: NaN parameters stop the run."""
@@ -285,16 +405,20 @@ class PvaeModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._check_finite()
-        if self._totals is None:  # no batch this epoch (an empty shard): no row
-            return
-        totals = torch.cat([self._totals, self._totals.new_tensor([float(self._seen)])])
+        dtype, device = self._width()
+        totals = torch.zeros(6, dtype=dtype, device=device)  # loss, rec, kl, bound, has bound, rows
+        if self._totals is not None:
+            totals[:5] = self._totals.to(dtype)
+        totals[5] = self._seen
         if _world()[1] > 1:
             dist.all_reduce(totals)  # sums over the ranks: means per datum of the whole epoch
-        loss, rec, kl, *bound = (totals[:-1] / totals[-1]).tolist()
+        if totals[5] <= 0:  # no batch this epoch (empty shards): no row
+            return
+        loss, rec, kl, bound = (totals[:4] / totals[5]).tolist()
         train = {"loss": loss, "elbo": rec - kl, "reconstruction": rec, "kl": kl, "kl_weight": self._kl_last,
-                 **({"bound": bound[0]} if bound else {})}
+                 **({"bound": bound} if totals[4] > 0 else {})}
         self.log_dict(train, on_epoch=True, sync_dist=True)  # the same on every rank already
-        val = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val_")}
+        val = dict(self._val_row)  # this epoch's validation, if it ran
         row = {"epoch": self.current_epoch, **train, **val, **self._diagnose(),
                "seconds": time.perf_counter() - self._epoch_started}
         self.history.append(row)
@@ -419,10 +543,18 @@ def distributed_bounds(program: Any, data: Any, bound: Literal["elbo", "iwae", "
 
 
 # -- pvae.fit(strategy=...) ----------------------------------------------------------
-def _loader(program: Any, data: Any, name: str, batch_size: int, shuffle: bool) -> Any:
-    if isinstance(data, torch.utils.data.DataLoader):
-        return data
-    return ArrayDataset(*as_data_tuple(program, data, name)).loader(batch_size=batch_size, shuffle=shuffle)
+def _tensors(program: Any, data: Any, name: str) -> tuple[torch.Tensor, ...] | None:
+    """``data`` as the program's tensors, or None for a ``DataLoader``."""
+    return None if isinstance(data, torch.utils.data.DataLoader) else as_data_tuple(program, data, name)
+
+
+def _first_batch(program: Any, loader: Any) -> tuple[torch.Tensor, ...]:
+    first = next(iter(loader))
+    return as_data_args(program, tuple(first) if isinstance(first, (tuple, list)) else (first,))
+
+
+def _loader(data: Any, tensors: tuple | None, batch_size: int, shuffle: bool) -> Any:
+    return data if tensors is None else ArrayDataset(*tensors).loader(batch_size=batch_size, shuffle=shuffle)
 
 
 def fit_distributed(
@@ -457,7 +589,9 @@ def fit_distributed(
     ``batch_size`` is per process (the global batch is ``batch_size * devices * num_nodes``);
     ``data`` is a tensor, a tuple of tensors or a ``DataLoader`` (e.g.
     ``pvae.data.ArrayDataset(x).loader()`` over a memory map); Lightning shards it
-    over the ranks. With ``checkpoint_dir``, Lightning's checkpoint ``last.ckpt``
+    over the ranks. As :func:`pvae.fit` does, the program's ``validate(*data)`` checks
+    the data and its ``on_fit_start(*data)`` (e.g. input standardisation) runs once, in
+    this process, before the ranks start. With ``checkpoint_dir``, Lightning's checkpoint ``last.ckpt``
     is written there after every epoch (:func:`load_checkpoint` reads it with
     ``weights_only=True``) and ``resume=True`` continues from it. The trained
     parameters end up in ``program`` (for ``ddp_spawn`` Lightning copies them back
@@ -472,7 +606,8 @@ def fit_distributed(
     :param float timeout: seconds a rank waits for the others in a collective before
         failing (gloo/NCCL timeout). Default 120.
     :param callbacks: Lightning callbacks of your own.
-    :param float divergence_factor: as :func:`pvae.fit`'s (per rank). Default 1000.
+    :param float divergence_factor: as :func:`pvae.fit`'s, on the loss per datum of the global
+        batch (every rank takes the same decision). Default 1000.
     :param int diagnostics_every: as :func:`pvae.fit`'s: collapse diagnostics on up to 256
         validation rows (training rows without validation data; tensor data only) every
         this many epochs and after the last, and a
@@ -486,17 +621,18 @@ def fit_distributed(
 
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir.")
+    tensors = _tensors(program, data, "data")
+    val_tensors = None if validation_data is None else _tensors(program, validation_data, "validation_data")
+    prepare_program(program, tensors, val_tensors, lambda: _first_batch(program, data))
     diagnostics = None
     if diagnostics_every:
-        source = validation_data if validation_data is not None else data
-        if not isinstance(source, torch.utils.data.DataLoader):
-            name = "validation_data" if validation_data is not None else "data"
-            diagnostics = tuple(t[:256] for t in as_data_tuple(program, source, name))
+        source = val_tensors if validation_data is not None else tensors
+        if source is not None:
+            diagnostics = tuple(t[:256] for t in source)
     module = PvaeModule(program, objective, num_particles, learning_rate, weight_decay, kl_warmup, compile, seed,
                         divergence_factor, diagnostics, diagnostics_every)
-    train = _loader(program, data, "data", batch_size, True)
-    valid = None if validation_data is None else _loader(program, validation_data, "validation_data",
-                                                         max(batch_size, 1024), False)
+    train = _loader(data, tensors, batch_size, True)
+    valid = None if validation_data is None else _loader(validation_data, val_tensors, max(batch_size, 1024), False)
     root = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="pvae-lightning-"))
     if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn"):
         strategy = DDPStrategy(start_method="spawn" if strategy == "ddp_spawn" else "popen",

@@ -373,6 +373,25 @@ def _evaluate(program, evaluate_batch, tensors, loader, batch_size: int, device)
 
 
 # -- the loop --------------------------------------------------------------------
+def prepare_program(program: Any, tensors: tuple[torch.Tensor, ...] | None,
+                    val_tensors: tuple[torch.Tensor, ...] | None, first_batch: Callable[[], tuple]) -> None:
+    """What :func:`fit` does to a program before training (here and on many processes).
+
+    The program's ``validate(*data)`` checks the training and validation tensors,
+    then its ``on_fit_start(*data)`` (e.g. input standardisation, whose statistics
+    are buffers) runs on the training tensors, or on ``first_batch()`` when the
+    data come from a ``DataLoader`` (``tensors`` None). Either hook may be absent.
+    """
+    validate = getattr(program, "validate", None)
+    if callable(validate):
+        for t in (tensors, val_tensors):
+            if t is not None:
+                validate(*t)
+    fit_start = getattr(program, "on_fit_start", None)
+    if callable(fit_start):
+        fit_start(*(tensors if tensors is not None else first_batch()))
+
+
 @program_verb(convert=False)
 def fit(
     program: Program,
@@ -568,18 +587,10 @@ def fit(
     loader = data if tensors is None else None
     val_tensors = _as_tensors(program, validation_data, "validation_data", device) if validation_data is not None else None
     val_loader = validation_data if validation_data is not None and val_tensors is None else None
-    validate = getattr(program, "validate", None)
-    if callable(validate):
-        for t in (tensors, val_tensors):
-            if t is not None:
-                validate(*t)
-
     if seed is not None:
         pyro.set_rng_seed(seed)
     first = next(_batches(program, tensors, loader, batch_size, False, device))
-    fit_start = getattr(program, "on_fit_start", None)
-    if callable(fit_start):
-        fit_start(*(tensors if tensors is not None else first))
+    prepare_program(program, tensors, val_tensors, lambda: first)
     params = _collect_params(program, first)
     was_training = program.training if isinstance(program, torch.nn.Module) else None
     if was_training is not None:
