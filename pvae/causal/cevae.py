@@ -138,7 +138,7 @@ from ..inputs import DataError, as_data
 from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
 from ..infer.capture import check_compile, is_capturing, make_train_step
 from ..infer.engine import Callback, TrainState, adam, minibatches, run
-from ..infer.objectives import ElboObjective, Objective, StepTerms
+from ..infer.objectives import ElboObjective, Objective, StepTerms, register_objective
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
 from .queries import _PARTICLES, EffectEstimate
@@ -215,10 +215,19 @@ class CEVAEObjective(Objective):
     ``infer={"is_auxiliary": True}`` (Louizos et al. 2017, eq. 5), with their
     plate scales. Built on :class:`~pvae.infer.objectives.ElboObjective`: the
     guide's trace is recorded on the way through, so nothing runs twice.
+    Registered as ``"cevae"``, the objective :class:`CEVAE` declares, so that
+    ``pvae.fit(cevae, (x, t, y))`` trains the auxiliary heads too.
+
+    :param int num_particles: 1, the only value (the auxiliary terms are read
+        from one guide run); the option exists because :func:`pvae.fit` passes it.
+    :raises ValueError: for another ``num_particles``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_particles: int = 1) -> None:
         super().__init__()
+        if num_particles != 1:
+            raise ValueError(f"CEVAE's objective uses one particle a step, got num_particles={num_particles!r}. "
+                             "Try num_particles=1 (more data per step lowers the variance instead).")
         self._elbo = ElboObjective()
 
     def __call__(self, model, guide, args: tuple, kwargs: dict, kl_weight: float = 1.0) -> StepTerms:
@@ -234,6 +243,9 @@ class CEVAEObjective(Objective):
         if aux is None:
             return terms
         return StepTerms(terms.loss - aux, terms.reconstruction, terms.kl)
+
+
+register_objective("cevae", CEVAEObjective, ("num_particles",))
 
 
 # -- the program ------------------------------------------------------------------
@@ -434,6 +446,9 @@ class CEVAE(PyroModule):
     #: how each positional argument is read (:mod:`pvae.inputs`), and its name in errors
     data_kinds = ("features", "features", "features")
     data_names = ("x", "t", "y")
+    #: ``pvae.fit(cevae, (x, t, y))`` trains with :class:`CEVAEObjective` (the ELBO alone
+    #: would leave the auxiliary heads q(t | x), q(y | t, x) untrained)
+    objectives = ("cevae",)
 
     def __init__(
         self,
@@ -707,6 +722,17 @@ class CEVAE(PyroModule):
             raise RuntimeError(f"this {type(self).__name__} is not fitted. Try .fit(x, t, y) first, or CEVAE.load(path).")
 
     # -- training ---------------------------------------------------------------------
+    def on_fit_start(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
+        """What :meth:`fit` sets from the data before training, for :func:`pvae.fit`:
+        the binary columns and the standardisation of ``x`` and ``y``. ``pvae.fit``
+        keeps no held-out rows, so the residual error :meth:`ate_inference` adds is
+        unknown afterwards (NaN) and it refuses until :meth:`fit` is used."""
+        if t is None or y is None:
+            raise ValueError("pvae.fit(cevae, ...) needs the data (x, t, y). Try pvae.fit(cevae, (x, t, y)).")
+        self._set_standardisation(x, y, t)
+        self.fitted.fill_(True)
+        self.ate_stderr.fill_(math.nan)
+
     def _set_standardisation(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
         if self.feature_types is None:
             binary = ((x == 0) | (x == 1)).all(0)
@@ -1140,6 +1166,10 @@ class CEVAE(PyroModule):
         """
         self._require_fitted()
         _check_alpha(alpha)
+        if torch.isnan(self.ate_stderr):
+            raise RuntimeError("this CEVAE was trained by pvae.fit, which keeps no held-out rows, so the networks' "
+                               "residual error of the interval is unknown. Try cevae.fit(x, t, y) (it holds out a "
+                               "validation split), or cevae.ate(x) for the estimate alone.")
         draws = self._outcome_draws(x, num_samples, batch_size)
         ate_draws = (draws[1] - draws[0]).mean(-1)
         mean = ate_draws.mean()

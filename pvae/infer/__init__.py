@@ -26,6 +26,7 @@ from .objectives import (
     StepTerms,
     detach_distribution,
     make_objective,
+    register_objective,
 )
 from .traces import SiteLogProbs, pin_subsample, site_log_probs
 from .train import CheckpointError, FitResult, TrainingDivergedError, fit, load_checkpoint
@@ -71,6 +72,7 @@ __all__ = [
     "load_checkpoint",
     "log_evidence",
     "make_objective",
+    "register_objective",
     "make_train_step",
     "mutual_information",
     "pin_subsample",

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import torch
 from pyro.poutine.util import site_is_subsample
@@ -790,6 +790,26 @@ _REGISTRY: dict[str, tuple[Callable[..., Objective], tuple[str, ...]]] = {
 }
 
 
+def register_objective(name: str, factory: Callable[..., Objective], options: Sequence[str] = ()) -> None:
+    """Make ``name`` an objective of :func:`make_objective`, and so of
+    ``pvae.fit(objective=name)`` and of a program's declared ``objectives``.
+
+    A program whose training needs its own loss (e.g.
+    :class:`pvae.causal.CEVAE`'s auxiliary terms) registers it under a name and
+    declares that name first in its ``objectives``, so that ``pvae.fit(program,
+    ...)`` trains it correctly by default.
+
+    :param str name: the objective's name; a name already taken is refused.
+    :param factory: called with the options given, returns the :class:`Objective`.
+    :param options: the keyword options ``factory`` takes (``pvae.fit`` passes
+        ``num_particles``, so list it).
+    :raises ValueError: if ``name`` is taken.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"objective {name!r} is already registered. Try another name.")
+    _REGISTRY[name] = (factory, tuple(options))
+
+
 def make_objective(objective: str | Objective = "elbo", **kwargs: Any) -> Objective:
     """An :class:`Objective` by name, or ``objective`` itself if it is one.
 
@@ -801,11 +821,15 @@ def make_objective(objective: str | Objective = "elbo", **kwargs: Any) -> Object
     ``"renyi"``   ``num_particles``, ``estimator``, ``alpha``  ``"standard"``, ``"dreg"``
     ============  ===========================================  ===========================
 
+    Programs register their own names (:func:`register_objective`):
+    ``"enum_elbo"`` (:class:`EnumElboObjective`) and ``"cevae"``
+    (:class:`pvae.causal.CEVAEObjective`).
+
     Example: ``pvae.fit(vae, x, objective=make_objective("iwae", num_particles=5,
     estimator="dreg"))``; ``pvae.fit(vae, x, objective="iwae", num_particles=5)``
     uses the standard estimator.
 
-    :param str objective: ``"elbo"``, ``"iwae"`` or ``"renyi"``.
+    :param str objective: ``"elbo"``, ``"iwae"``, ``"renyi"`` or a registered name.
     :param kwargs: options of the objective, as above.
     :raises ValueError: on an unknown name or option, listing the allowed ones.
     """
@@ -1019,4 +1043,4 @@ def _unscaled_expectations(
     return _as_tensor(dice.compute_expectation(observed), like), _as_tensor(dice.compute_expectation(latent), like)
 
 
-_REGISTRY["enum_elbo"] = (EnumElboObjective, ("num_particles", "max_plate_nesting"))
+register_objective("enum_elbo", EnumElboObjective, ("num_particles", "max_plate_nesting"))

@@ -701,3 +701,32 @@ def test_ensemble_intervals_cover_known_unit_effects_at_about_the_nominal_rate()
     ensemble, posterior = (sum(v) / 3 for v in covers.values())
     assert 0.90 <= ensemble <= 0.99, covers
     assert posterior < ensemble - 0.05, covers
+
+
+def test_pvae_fit_trains_a_cevae_as_cevae_fit_sets_it_up():
+    # before: pvae.fit(cevae, ...) used the plain ELBO (q(t | x), q(y | t, x) never trained: the
+    # guide's auxiliary sites are observed), no standardisation and no binary columns
+    import pvae
+    from pvae.causal.cevae import CEVAEObjective
+
+    pyro.set_rng_seed(0)
+    x, t, y = _data("normal", 60)
+    model = CEVAE(4, "normal", **SMALL)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    pyro.set_rng_seed(1)
+    pvae.fit(model, (x, t, y), num_epochs=2, batch_size=20, progress=False)
+    assert [k for k, v in model.named_parameters() if torch.equal(v, before[k])] == []  # every head trained
+    reference = CEVAE(4, "normal", **SMALL)
+    reference._set_standardisation(x, y, t)
+    for name in ("binary_mask", "x_loc", "x_scale", "y_loc", "y_scale"):
+        assert torch.equal(getattr(model, name), getattr(reference, name)), name
+    assert bool(model.binary_mask[-2:].all()) and not bool(model.binary_mask[:2].any())
+    # the objective pvae.fit takes by default is CEVAE's own
+    assert isinstance(pvae.infer.make_objective(CEVAE.objectives[0]), CEVAEObjective)
+    assert math.isfinite(model.ate(x))
+    with pytest.raises(RuntimeError, match="keeps no held-out rows"):
+        model.ate_interval(x)
+    with pytest.raises(ValueError, match="trains correctly with objective 'cevae', not 'elbo'"):
+        pvae.fit(model, (x, t, y), num_epochs=1, objective="elbo")
+    with pytest.raises(ValueError, match="one particle"):
+        pvae.fit(model, (x, t, y), num_epochs=1, num_particles=2)

@@ -346,7 +346,7 @@ def test_fit_with_the_iwae_objective_raises_the_elbo_on_digits(objective):
         ("renyi", {"alpha": float("nan")}, "alpha must be a finite real number"),
         ("iwae", {"alpha": 0.5}, r"unknown \['alpha'\].*objective='renyi'"),
         ("elbo", {"particles": 3}, r"takes the options \['num_particles', 'estimator'\], got unknown \['particles'\]"),
-        ("vimco", {}, r"objective must be one of \['elbo', 'enum_elbo', 'iwae', 'renyi'\]"),
+        ("vimco", {}, r"objective must be one of \['cevae', 'elbo', 'enum_elbo', 'iwae', 'renyi'\]"),
     ],
 )
 def test_bad_options_raise_value_errors_listing_the_allowed_values(name, kwargs, match):
