@@ -188,13 +188,67 @@ class _Bernoulli(Likelihood):
         return (x == 0) | (x == 1)
 
 
+class _ContinuousBernoulliLogits(dist.ContinuousBernoulli):
+    """``dist.ContinuousBernoulli`` whose normaliser, mean and inverse CDF are computed
+    from the logits :math:`\\ell` rather than from ``probs = sigmoid(logits)``.
+
+    With :math:`p = \\sigma(\\ell)`, :math:`1 - 2p = -\\tanh(\\ell / 2)`, so the
+    normaliser of :math:`p^x (1 - p)^{1 - x}` on [0, 1] (Loaiza-Ganem and
+    Cunningham 2019) and the mean are
+
+    .. math::
+
+        \\log C(\\ell) = \\log \\frac{\\ell}{\\tanh(\\ell / 2)}
+            = \\log|\\ell| - \\log\\big(-\\mathrm{expm1}(-|\\ell|)\\big) + \\log\\big(1 + e^{-|\\ell|}\\big),
+        \\qquad \\mathbb E[x] = -\\frac{1}{\\mathrm{expm1}(-\\ell)} - \\frac1\\ell,
+
+    with their series :math:`\\log 2 + \\ell^2/12 - 7 \\ell^4/1440` and
+    :math:`1/2 + \\ell/12 - \\ell^3/720` near 0. torch computes both from the
+    probabilities, which saturate in float32 beyond :math:`|\\ell| \\approx 15`:
+    its density integrated to 0.80 at :math:`\\ell = 20` and 0.32 at 50, and its
+    mean stopped at 0.937. The inverse CDF,
+    :math:`x = \\mathrm{log1p}(u\\,\\mathrm{expm1}(\\ell)) / \\ell`, is written as
+    :math:`1 + \\mathrm{log1p}((1 - u)\\,\\mathrm{expm1}(-\\ell)) / \\ell` for
+    :math:`\\ell > 0`, so that neither overflows.
+    """
+
+    _LOG_NORM_SERIES = 1e-3  # |logit| below which the series are used (their next terms are ~1e-13 there)
+    _MEAN_SERIES = 0.3  # ... for the mean, whose exact form cancels near 0 (series error 8e-8 at 0.3)
+    _ICDF_SERIES = 1e-4
+
+    def _cont_bern_log_norm(self) -> torch.Tensor:
+        a = self.logits.abs()
+        small = a < self._LOG_NORM_SERIES
+        safe = torch.where(small, torch.ones_like(a), a)
+        exact = safe.log() - torch.log(-torch.expm1(-safe)) + torch.log1p(torch.exp(-safe))
+        sq = self.logits.square()
+        return torch.where(small, math.log(2.0) + sq / 12 - 7 * sq.square() / 1440, exact)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        logit = self.logits
+        small = logit.abs() < self._MEAN_SERIES
+        safe = torch.where(small, torch.ones_like(logit), logit)
+        exact = -1 / torch.expm1(-safe) - 1 / safe
+        return torch.where(small, 0.5 + logit / 12 - logit.pow(3) / 720, exact)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        logit = self.logits
+        small = logit.abs() < self._ICDF_SERIES
+        safe = torch.where(small, torch.ones_like(logit), logit)
+        positive = 1 + torch.log1p((1 - value) * torch.expm1(-safe)) / safe
+        negative = torch.log1p(value * torch.expm1(safe.clamp(max=0.0))) / safe
+        exact = torch.where(safe > 0, positive, negative)
+        return torch.where(small, value + logit * value * (1 - value) / 2, exact)
+
+
 class _ContinuousBernoulli(Likelihood):
     name = "continuous_bernoulli"
     support_text = "[0, 1]"
     hint = "rescaling x to [0, 1]"
 
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=raw)
+        return _ContinuousBernoulliLogits(logits=raw)
 
     def _in_support(self, x: torch.Tensor) -> torch.Tensor:
         return (x >= 0) & (x <= 1)
