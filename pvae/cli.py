@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import inspect
 import json
 import math
 import sys
@@ -65,7 +66,7 @@ import torch
 
 import pvae
 from pvae.causal import CEVAE
-from pvae.causal.cevae import OutcomeDist
+from pvae.causal.cevae import PRESETS, OutcomeDist
 from pvae.data import Dataset, load_csv, load_digits, load_mnist
 from pvae.infer import (
     CheckpointError,
@@ -668,10 +669,6 @@ def _cmd_gap(args: argparse.Namespace) -> int:
 
 
 # -- effect ------------------------------------------------------------------------
-class _Diverged(RuntimeError):
-    """A CEVAE fit whose loss became NaN or infinite (exit status 1, as a diverged ``fit``)."""
-
-
 def _column(flag: str, name: str, header: Sequence[str] | None, width: int, file: Path) -> int:
     """The 0-based index of the column ``name`` (a header name, else a 1-based number)."""
     if header is not None and name in header:
@@ -790,12 +787,7 @@ def _cmd_effect(args: argparse.Namespace) -> int:
               f"{len(data.covariates)} covariate(s) ...")
     cevae = CEVAE(**model)
     tick = time.perf_counter()
-    try:
-        cevae.fit(data.x, data.t, data.y, **training)
-    except RuntimeError as err:  # CEVAE's divergence guard raises "CEVAE training diverged: ..."
-        if not str(err).startswith("CEVAE training diverged"):
-            raise
-        raise _Diverged(str(err)) from err
+    cevae.fit(data.x, data.t, data.y, **training)  # a diverging fit raises TrainingDivergedError: exit 1
     seconds = time.perf_counter() - tick
     # the queries' posterior draws follow the seed, the same draws for both: the ATE is the ITEs' mean
     pyro.set_rng_seed(args.seed)
@@ -938,6 +930,11 @@ def _hidden_dims(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The default of each of ``fn``'s parameters that has one."""
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
 def _add_binarize(p: argparse.ArgumentParser, default_text: str) -> None:
     p.add_argument("--binarize", action=argparse.BooleanOptionalAction, default=None,
                    help=f"threshold the data at 0.5 to 0/1. Default: {default_text}")
@@ -1052,19 +1049,22 @@ def _parser() -> argparse.ArgumentParser:
                              "for a 0/1 outcome, else normal")
     effect.add_argument("--alpha", type=_alpha, default=0.05,
                         help="one minus the intervals' coverage. Default 0.05 (95%% intervals)")
-    effect.add_argument("--latent-dim", type=_positive_int, default=20, metavar="N",
-                        help="dimension of the latent confounder. Default 20")
-    effect.add_argument("--hidden-dim", type=_positive_int, default=200, metavar="N",
-                        help="width of the hidden layers. Default 200")
-    effect.add_argument("--num-layers", type=_positive_int, default=3, metavar="N",
-                        help="hidden layers of the outcome networks. Default 3")
+    built, fitted = _defaults(CEVAE), _defaults(CEVAE.fit)  # the estimator's own defaults, not copies
+    effect.add_argument("--latent-dim", type=_positive_int, default=built["latent_dim"], metavar="N",
+                        help=f"dimension of the latent confounder. Default {built['latent_dim']}")
+    effect.add_argument("--hidden-dim", type=_positive_int, default=built["hidden_dim"], metavar="N",
+                        help=f"width of the hidden layers. Default {built['hidden_dim']}")
+    effect.add_argument("--num-layers", type=_positive_int, default=built["num_layers"], metavar="N",
+                        help=f"hidden layers of the outcome networks. Default {built['num_layers']}")
     effect.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                         help="at most this many passes (early stopping on a seeded 30%% validation split keeps "
-                             "the best). Default 600")
-    effect.add_argument("--batch-size", type=_positive_int, default=100, metavar="N", help="Default 100")
-    effect.add_argument("--learning-rate", type=_positive_float, default=1e-3, metavar="LR", help="Default 1e-3")
-    effect.add_argument("--num-samples", type=_positive_int, default=100, metavar="S",
-                        help="posterior draws of the latent per row for the effects. Default 100")
+                             f"the best). Default {PRESETS[built['preset']]['num_epochs']}")
+    effect.add_argument("--batch-size", type=_positive_int, default=fitted["batch_size"], metavar="N",
+                        help=f"Default {fitted['batch_size']}")
+    effect.add_argument("--learning-rate", type=_positive_float, default=fitted["learning_rate"], metavar="LR",
+                        help=f"Default {fitted['learning_rate']:g}")
+    effect.add_argument("--num-samples", type=_positive_int, default=built["num_samples"], metavar="S",
+                        help=f"posterior draws of the latent per row for the effects. Default {built['num_samples']}")
     effect.add_argument("--seed", type=int, default=0,
                         help="seed of the weights, the validation split, training and the draws. Default 0")
     effect.add_argument("--out", default=None, metavar="DIR",
@@ -1115,7 +1115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return run(args)
-    except (TrainingDivergedError, _Diverged) as err:  # RuntimeErrors: checked before the rest
+    except TrainingDivergedError as err:  # a RuntimeError: checked before the rest
         if args.debug:
             raise
         failure, status = err, 1

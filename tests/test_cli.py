@@ -757,7 +757,7 @@ def test_mnist_spec_names_the_split(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_effect_divergence_exits_1_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """CEVAE's divergence guard raises a plain RuntimeError: reported as one line, status 1, as ``fit``'s."""
+    """CEVAE's divergence guard raises TrainingDivergedError: reported as one line, status 1, as ``fit``'s."""
     table = _confounded_table(tmp_path / "table.csv", n=40)
     out = tmp_path / "out"
     assert main(["effect", "--data", str(table), "--treatment", "t", "--outcome", "y", "--latent-dim", "2",

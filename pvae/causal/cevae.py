@@ -138,6 +138,7 @@ from ..inputs import DataError, as_data
 from ..infer.callbacks import DivergenceGuard, LearningRateSchedule, RecordEpoch
 from ..infer.capture import check_compile, is_capturing, make_train_step
 from ..infer.engine import Callback, TrainState, adam, minibatches, run
+from ..infer.train import FitResult, TrainingDivergedError
 from ..infer.objectives import ElboObjective, Objective, StepTerms, register_objective
 from ..models.base import DATA_PLATE, LATENT_SITE, OBS_SITE, OUTCOME_SITE, TREATMENT_SITE
 from ..models.nets import Activation, NormalHead, mlp, positive
@@ -874,6 +875,9 @@ class CEVAE(PyroModule):
             ``num_fits`` times the training. Default 1.
         :returns: the loss per datum of every step (Pyro's return value) of this model.
         :raises ValueError: on bad data or options, before anything is trained.
+        :raises pvae.infer.TrainingDivergedError: when the loss becomes NaN or
+            infinite; the parameters are back at the last good epoch and ``.result``
+            holds the history up to it (as :func:`pvae.fit` raises it).
         """
         x, t, y = self._check_fit_inputs(x, t, y)
         if isinstance(num_fits, bool) or int(num_fits) != num_fits or num_fits < 1:
@@ -972,7 +976,7 @@ class CEVAE(PyroModule):
                            history=self.training_history)
         log = _StepLosses(n, log_every)
         callbacks = [
-            DivergenceGuard(None, lambda message, _: RuntimeError(f"CEVAE {message}"), lr),
+            DivergenceGuard(None, self._diverged, lr),
             LearningRateSchedule(lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma)),
             log,
             _CEVAEValidation(self, valid, criterion, max(1, num_epochs // 100), patience),
@@ -984,6 +988,12 @@ class CEVAE(PyroModule):
         xs, ts, ys = valid if valid is not None else (x, t, y)
         self.ate_stderr.fill_(self._arm_stderr(xs, ts, ys))
         return log.losses
+
+    def _diverged(self, message: str, state: TrainState) -> TrainingDivergedError:
+        """The error of a diverging fit (the parameters are back at the last good epoch),
+        as :func:`pvae.fit` raises it."""
+        return TrainingDivergedError(f"CEVAE {message}", FitResult(self, tuple(state.history), state.best_epoch,
+                                                                   False, None))
 
     @torch.no_grad()
     def _validation_score(self, x, t, y, criterion: str, objective: Objective) -> Any:

@@ -730,3 +730,15 @@ def test_pvae_fit_trains_a_cevae_as_cevae_fit_sets_it_up():
         pvae.fit(model, (x, t, y), num_epochs=1, objective="elbo")
     with pytest.raises(ValueError, match="one particle"):
         pvae.fit(model, (x, t, y), num_epochs=1, num_particles=2)
+
+
+def test_a_diverging_fit_raises_pvae_fits_error_with_the_last_good_state():
+    from pvae.infer import TrainingDivergedError
+
+    pyro.set_rng_seed(0)
+    x, t, y = _data("normal", 40)
+    model = CEVAE(4, "normal", **SMALL)
+    with pytest.raises(TrainingDivergedError, match="CEVAE training diverged") as err:
+        model.fit(x, t, y, num_epochs=3, batch_size=20, learning_rate=1e9, validation_fraction=0.0, seed=0)
+    assert err.value.result.program is model and err.value.result.stopped_early is False
+    assert all(p.isfinite().all() for p in model.parameters())  # back at the last good epoch
