@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import pyro
@@ -67,11 +67,15 @@ class BoundEstimate:
     :ivar torch.Tensor stderr: ``(batch,)`` its Monte Carlo standard error given
         the data (NaN when it cannot be estimated from one particle).
     :ivar int num_particles: particles per datum behind each value.
+    :ivar dict subsample: ``{plate name: indices}`` of a data plate that drew a
+        random subsample (``pyro.plate(..., subsample_size=B)``): the values are
+        those of these data, in this order. Empty when every datum is evaluated.
     """
 
     value: torch.Tensor
     stderr: torch.Tensor
     num_particles: int
+    subsample: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def mean(self) -> "BoundEstimate":
         """The mean over data, a 0-dim estimate.
@@ -88,7 +92,8 @@ class BoundEstimate:
         spread of the bound over a population of data.
         """
         n = self.value.numel()
-        return BoundEstimate(self.value.mean(), self.stderr.pow(2).sum().sqrt() / n, self.num_particles)
+        return BoundEstimate(self.value.mean(), self.stderr.pow(2).sum().sqrt() / n, self.num_particles,
+                             self.subsample)
 
     def summary(self) -> dict[str, float | int]:
         """``{"mean", "stderr", "num_particles", "num_data"}`` as plain numbers (see :meth:`mean`)."""
@@ -106,6 +111,7 @@ class BoundEstimate:
             "value": self.value.detach().cpu().tolist(),
             "stderr": self.stderr.detach().cpu().tolist(),
             "num_particles": self.num_particles,
+            **({"subsample": {k: v.tolist() for k, v in self.subsample.items()}} if self.subsample else {}),
         }
 
 
@@ -192,13 +198,13 @@ class _LogWeightStream:
             # (K / ESS - 1) / (K - 1), ESS = S1^2 / S2: shift-invariant.
             ratio = k * self.s2 / self.s1.pow(2)
             stderr = ((ratio - 1).clamp(min=0) / (k - 1)).sqrt()
-        return BoundEstimate(value.to(self.dtype), stderr.to(self.dtype), k)
+        return BoundEstimate(value.to(self.dtype), stderr.to(self.dtype), k, dict(self.subsample))
 
     def elbo(self) -> BoundEstimate:
         """The mean log-weight and its standard error."""
         k = self.count
         stderr = (self.m2 / (k - 1) / k).sqrt() if k > 1 else torch.full_like(self.mean, math.nan)
-        return BoundEstimate(self.mean.to(self.dtype), stderr.to(self.dtype), k)
+        return BoundEstimate(self.mean.to(self.dtype), stderr.to(self.dtype), k, dict(self.subsample))
 
 
 def _check_count(name: str, value: Any, allow_none: bool = False) -> int | None:

@@ -569,10 +569,14 @@ def test_every_chunk_uses_the_first_chunks_random_subsample(chunk_size):
     bound = iwae_bound(model, guide, x, num_particles=12, chunk_size=chunk_size)
     data = _which_data(bound.value, log_p)
     assert len(set(data)) == 2 and (bound.stderr <= 1e-3).all(), bound
+    assert bound.subsample["data"].tolist() == data  # which data the values belong to, in their order
+    assert bound.to_dict()["subsample"] == {"data": data} and bound.mean().subsample["data"].tolist() == data
     for elbo_particles in (None, 7):
         estimate = log_evidence(model, guide, x, num_particles=12, chunk_size=chunk_size,
                                 elbo_particles=elbo_particles)
         assert _which_data(estimate.log_evidence.value, log_p) == _which_data(estimate.elbo.value, log_p)
+        assert estimate.elbo.subsample["data"].tolist() == _which_data(estimate.elbo.value, log_p)
+        assert torch.equal(estimate.log_evidence.subsample["data"], estimate.elbo.subsample["data"])
         torch.testing.assert_close(estimate.variational_gap, torch.zeros(2), atol=1e-5, rtol=0)
 
 
