@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence, get_args
 
 import torch
+from pyro.distributions import Delta
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform, _InverseTransform
@@ -646,13 +647,16 @@ def _scale_latent_gradients(parts: _Parts, c: torch.Tensor, particle_dim: int, d
 
     The guide's distribution parameters do not depend on other latent samples
     (checked), so no gradient path runs from one latent sample into another
-    and every path from the loss to the encoder is scaled exactly once.
+    and every path from the loss to the encoder is scaled exactly once. A point
+    mass (``Delta``: an autoguide's ``z = T(u)`` of its auxiliary draw ``u``, or a
+    MAP site) is not hooked: its paths reach the draw ``u`` and are scaled there,
+    and a MAP value's gradient keeps IWAE's own weights.
     """
     ndim = -particle_dim
     for site in parts.guide_sites:
         z = site["value"]
-        if not (isinstance(z, torch.Tensor) and z.requires_grad):
-            continue
+        if not (isinstance(z, torch.Tensor) and z.requires_grad) or _is_point_mass(site["fn"]):
+            continue  # a point mass is no draw: the paths into it are scaled at the draw it is made of
         fn = site["fn"]
         batch_ndim, event_ndim = len(fn.batch_shape), len(fn.event_shape)
         shape = [1] * ndim
@@ -676,11 +680,14 @@ def _check_reparameterized(name: str, fn: Distribution, what: str) -> None:
 
 def _check_no_latent_parameters(guide_trace: Any, latent: list[str], what: str) -> None:
     """Raise if some guide site's distribution parameters depend on an earlier
-    latent sample of the guide (a hierarchical guide)."""
+    latent sample of the guide (a hierarchical guide). A point mass at a function
+    of an earlier draw (Pyro's autoguides: ``u ~ q(u)``, then ``z ~ Delta(T(u),
+    log_density)``) is not hierarchical in this sense: it has no parameters to
+    detach (see :func:`detach_distribution`)."""
     earlier: list[tuple[str, torch.Tensor]] = []
     for name in [n for n in guide_trace.nodes if n in set(latent)]:
         site = guide_trace.nodes[name]
-        params = [t for t in _tensors(site["fn"]) if t.requires_grad]
+        params = [] if _is_point_mass(site["fn"]) else [t for t in _tensors(site["fn"]) if t.requires_grad]
         if earlier and params:
             grads = torch.autograd.grad(
                 sum(p.sum() for p in params), [z for _, z in earlier], allow_unused=True, retain_graph=True
@@ -732,11 +739,28 @@ def detach_distribution(fn: Distribution, site: str | None = None) -> Distributi
 
     :param fn: a distribution, typically a guide site's ``site["fn"]``.
     :param str site: the site's name, for error messages.
+    A point mass (``Delta``, also inside ``Independent`` / ``MaskedDistribution``)
+    is returned as it is: its ``log_prob`` at its own value is its
+    ``log_density``, for an autoguide's :math:`z = T(u)` the log-Jacobian of
+    :math:`T^{-1}`, a function of the draw :math:`u` whose path derivative STL and
+    DReG keep; it has no distribution parameter of its own (the parameters are
+    those of :math:`q(u)`, detached at the auxiliary site).
+
     :raises ValueError: naming the site and the distribution type when its
         parameters cannot be found (e.g. a transform that is an ``nn.Module``,
         such as a normalising flow).
     """
+    if _is_point_mass(fn):
+        return fn
     return _detach(fn, site, fn)
+
+
+def _is_point_mass(fn: Distribution) -> bool:
+    """``fn`` is a ``Delta``, possibly wrapped (``Independent``, ``MaskedDistribution``,
+    ``ExpandedDistribution``)."""
+    while not isinstance(fn, Delta) and isinstance(getattr(fn, "base_dist", None), Distribution):
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
 
 
 def _detach(obj: Any, site: str | None, top: Distribution) -> Any:
