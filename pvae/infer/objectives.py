@@ -737,8 +737,6 @@ def detach_distribution(fn: Distribution, site: str | None = None) -> Distributi
     plain tensors (``AffineTransform``); cached transform values are dropped
     so that ``log_prob`` inverts the detached transforms.
 
-    :param fn: a distribution, typically a guide site's ``site["fn"]``.
-    :param str site: the site's name, for error messages.
     A point mass (``Delta``, also inside ``Independent`` / ``MaskedDistribution``)
     is returned as it is: its ``log_prob`` at its own value is its
     ``log_density``, for an autoguide's :math:`z = T(u)` the log-Jacobian of
@@ -746,6 +744,8 @@ def detach_distribution(fn: Distribution, site: str | None = None) -> Distributi
     DReG keep; it has no distribution parameter of its own (the parameters are
     those of :math:`q(u)`, detached at the auxiliary site).
 
+    :param fn: a distribution, typically a guide site's ``site["fn"]``.
+    :param str site: the site's name, for error messages.
     :raises ValueError: naming the site and the distribution type when its
         parameters cannot be found (e.g. a transform that is an ``nn.Module``,
         such as a normalising flow).
