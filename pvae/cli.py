@@ -67,7 +67,7 @@ import torch
 import pvae
 from pvae.causal import CEVAE
 from pvae.causal.cevae import PRESETS, OutcomeDist
-from pvae.data import Dataset, load_csv, load_digits, load_mnist
+from pvae.data import Dataset, csv_header, load_csv, load_digits, load_mnist
 from pvae.infer import (
     CheckpointError,
     FitResult,
@@ -77,6 +77,7 @@ from pvae.infer import (
     collapse_diagnostics,
     site_log_probs,
 )
+from pvae.inputs import DataError
 from pvae.models import LIKELIHOODS
 
 __all__ = ["main"]
@@ -705,9 +706,8 @@ def _effect_data(args: argparse.Namespace) -> _EffectData:
     """Read ``--data`` with :func:`pvae.data.load_csv` and pick and check its columns."""
     path = args.data[len("csv:"):] if args.data.startswith("csv:") else args.data
     file = Path(path)
-    csv_data = load_csv(file)
-    table, header = csv_data.x, csv_data.columns
-    width = table.shape[1]
+    header = csv_header(file)
+    width = len(header) if header is not None else load_csv(file).x.shape[1]
     names = header if header is not None else [str(j + 1) for j in range(width)]
     t_col = _column("--treatment", args.treatment, header, width, file)
     y_col = _column("--outcome", args.outcome, header, width, file)
@@ -727,7 +727,13 @@ def _effect_data(args: argparse.Namespace) -> _EffectData:
     if not x_cols:
         raise ValueError(f"{file} has no covariate column besides the treatment and the outcome. "
                          "Try a table with covariates (the confounders' proxies) beside them.")
-    t, y, x = table[:, t_col], table[:, y_col], table[:, x_cols]
+    try:  # only these columns: the others may hold text (identifiers, dates)
+        table = load_csv(file, columns=[t_col, y_col, *x_cols]).x
+    except DataError as err:
+        if args.covariates is not None or "is not a number" not in str(err):
+            raise
+        raise DataError(f"{err} With a text column, name the covariates: --covariates COL ...") from None
+    t, y, x = table[:, 0], table[:, 1], table[:, 2:]
     t_name, y_name = names[t_col], names[y_col]
     if torch.isnan(t).any():
         raise ValueError(f"the treatment column {t_name!r} has {int(torch.isnan(t).sum())} missing value(s) "

@@ -765,3 +765,25 @@ def test_effect_divergence_exits_1_and_writes_nothing(tmp_path: Path, capsys: py
                  "--out", str(out)]) == 1
     _assert_one_line_error(capsys, "CEVAE training diverged")
     assert not out.exists()
+
+
+def test_effect_reads_only_the_named_columns_so_text_columns_may_sit_beside(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """A patient table with an identifier and a date: with --covariates the fit reads only the
+    named columns (the same numbers as the table without them); without, one line says how."""
+    numeric = _confounded_table(tmp_path / "table.csv", n=40)
+    lines = numeric.read_text().splitlines()
+    mixed = tmp_path / "patients.csv"
+    mixed.write_text("\n".join([f"id,{lines[0]},visit"] + [f"P{i:03d},{row},2024-01-{i % 28 + 1:02d}"
+                                                          for i, row in enumerate(lines[1:])]) + "\n")
+    small = ["--latent-dim", "2", "--hidden-dim", "8", "--num-layers", "1", "--epochs", "2", "--num-samples", "5"]
+    reports = []
+    for table in (numeric, mixed):
+        out = tmp_path / f"out-{table.stem}"
+        assert main(["effect", "--data", str(table), "--treatment", "t", "--outcome", "y",
+                     "--covariates", "age", "income", "bmi", *small, "--out", str(out), "--quiet"]) == 0
+        reports.append(json.loads((out / "effect.json").read_text()))
+    assert reports[0]["ate"] == reports[1]["ate"] and reports[1]["covariates"] == ["age", "income", "bmi"]
+    capsys.readouterr()
+    assert main(["effect", "--data", str(mixed), "--treatment", "t", "--outcome", "y", *small]) == 2
+    _assert_one_line_error(capsys, "'P000' is not a number", "--covariates COL")

@@ -20,11 +20,12 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import numbers
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -127,25 +128,9 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def load_csv(path: str | os.PathLike) -> Dataset:
-    """Load a numeric CSV file as a data matrix (one row per data point).
-
-    The file is UTF-8 text, with or without a byte-order mark (Excel's "CSV
-    UTF-8" writes one). The first row is taken as a header when any of its
-    cells is not a number. Empty cells and ``NA``, ``NaN``, ``N/A``, ``null`` (any case) are missing
-    values and become NaN: pass ``mask=~torch.isnan(x)`` to the program.
-
-    :param path: the CSV file.
-    :type path: str or os.PathLike
-    :returns: a :class:`Dataset` with float32 ``x`` of shape ``(n, d)``, no
-        labels, named after the file, with the header's names as ``columns``
-        (None without a header).
-    :rtype: Dataset
-    :raises FileNotFoundError: if the file is missing.
-    :raises DataError: on a file that is not text, no data rows, a ragged row,
-        a cell that is not a number, or an infinite value, naming the line and column.
-    """
-    file = Path(path)
+def _csv_rows(file: Path) -> tuple[tuple[str, ...] | None, list[tuple[int, list[str]]], int]:
+    """The header (None without one), the non-blank data rows with their line
+    numbers, and the file's width (its first row's)."""
     if not file.is_file():
         raise FileNotFoundError(f"CSV file not found: {file}. Try the path of an existing numeric CSV file.")
     try:
@@ -154,12 +139,55 @@ def load_csv(path: str | os.PathLike) -> Dataset:
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 numeric CSV.") from None
     width = len(lines[0][1]) if lines else 0  # the header's width, when there is one
-    columns = None
+    header = None
     if lines and not all(_is_number(c) for c in lines[0][1]):
-        columns = tuple(c.strip() for c in lines[0][1])
+        header = tuple(c.strip() for c in lines[0][1])
         lines = lines[1:]
+    return header, lines, width
+
+
+def csv_header(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The names in a CSV file's header row, as :func:`load_csv` reads it (its first
+    row, when any cell of it is not a number), or None when the file has none.
+
+    :param path: the CSV file.
+    :type path: str or os.PathLike
+    :raises FileNotFoundError: if the file is missing.
+    :raises DataError: on a file that is not text.
+    """
+    return _csv_rows(Path(path))[0]
+
+
+def load_csv(path: str | os.PathLike, columns: Sequence[int | str] | None = None) -> Dataset:
+    """Load a numeric CSV file as a data matrix (one row per data point).
+
+    The file is UTF-8 text, with or without a byte-order mark (Excel's "CSV
+    UTF-8" writes one). The first row is taken as a header when any of its
+    cells is not a number. Empty cells and ``NA``, ``NaN``, ``N/A``, ``null`` (any case) are missing
+    values and become NaN: pass ``mask=~torch.isnan(x)`` to the program.
+    With ``columns``, only those columns are read, in that order, so other
+    columns may hold text (identifiers, dates); such a file needs a header row.
+
+    :param path: the CSV file.
+    :type path: str or os.PathLike
+    :param columns: the columns to read, by header name or 0-based position.
+        Default None: all of them.
+    :returns: a :class:`Dataset` with float32 ``x`` of shape ``(n, d)``, no
+        labels, named after the file, with the header's names of its columns as
+        ``columns`` (None without a header).
+    :rtype: Dataset
+    :raises FileNotFoundError: if the file is missing.
+    :raises DataError: on a file that is not text, no data rows, a ragged row,
+        a cell that is not a number, an infinite value (naming the line and
+        column), or an unknown, repeated or out-of-range column in ``columns``.
+    """
+    file = Path(path)
+    header, lines, width = _csv_rows(file)
     if not lines:
         raise DataError(f"{file} holds no data rows. Try a CSV with one numeric row per data point.")
+    chosen = list(range(width)) if columns is None else [_csv_column(file, c, header, width) for c in columns]
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"columns {list(columns or ())} name a column of {file} twice. Try each column once.")
     values = []
     for line_no, row in lines:
         if len(row) != width:
@@ -167,15 +195,34 @@ def load_csv(path: str | os.PathLike) -> Dataset:
                 f"{file}, line {line_no}: expected {width} columns (as in the first row), got {len(row)}. "
                 "Try the same number of cells in every row (empty cells for missing values)."
             )
-        for col, cell in enumerate(row, start=1):
+        cells = [row[j] for j in chosen]
+        for col, cell in zip(chosen, cells):
             if not _is_number(cell):
                 raise DataError(
-                    f"{file}, line {line_no}, column {col}: {cell.strip()!r} is not a number. "
-                    "Try a numeric CSV (an optional header row, empty or NaN cells for missing values)."
+                    f"{file}, line {line_no}, column {col + 1}: {cell.strip()!r} is not a number. "
+                    "Try a numeric CSV (an optional header row, empty or NaN cells for missing values)"
+                    + (", or columns=[...] without that column." if header is not None else ".")
                 )
-        values.append([math.nan if c.strip().lower() in _MISSING_TOKENS else float(c) for c in row])
-    x = check_data(torch.tensor(values, dtype=torch.float64), name=str(file), allow_nan=True)
-    return Dataset(x, None, file.stem, columns)
+        values.append([math.nan if c.strip().lower() in _MISSING_TOKENS else float(c) for c in cells])
+    x = check_data(torch.tensor(values, dtype=torch.float64).reshape(len(values), len(chosen)), name=str(file),
+                   allow_nan=True)
+    names = None if header is None else tuple(header[j] for j in chosen)
+    return Dataset(x, None, file.stem, names)
+
+
+def _csv_column(file: Path, column: int | str, header: tuple[str, ...] | None, width: int) -> int:
+    """The 0-based position of ``column`` (a header name or a position) in ``file``."""
+    if isinstance(column, str):
+        if header is None or column not in header:
+            known = f"its columns are {list(header)}" if header is not None else "it has no header row"
+            raise DataError(f"{file} has no column named {column!r}: {known}. Try one of those names.")
+        if header.count(column) > 1:
+            raise DataError(f"{file} has {header.count(column)} columns named {column!r}. Try its position.")
+        return header.index(column)
+    if isinstance(column, bool) or not isinstance(column, numbers.Integral) or not 0 <= column < width:
+        raise DataError(f"column {column!r} is not a position in {file}, which has {width} columns (0 to "
+                        f"{width - 1}). Try a header name or a 0-based position.")
+    return int(column)
 
 
 def load_digits(binarize: bool = False, threshold: float = 0.5) -> Dataset:

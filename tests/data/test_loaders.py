@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from pvae import DataError
 from pvae.data import (
     CausalData,
     check_data,
+    csv_header,
     ihdp_split,
     load_csv,
     load_digits,
@@ -241,3 +244,25 @@ def test_ihdp_csv_with_byte_order_mark(tmp_path):
     bom.write_bytes(BOM + plain.read_bytes())
     a, b = load_ihdp(plain), load_ihdp(bom)
     assert torch.equal(a.x, b.x) and torch.equal(a.t, b.t) and torch.equal(a.y, b.y)
+
+
+def test_load_csv_reads_chosen_columns_and_leaves_text_columns_alone(tmp_path):
+    table = tmp_path / "patients.csv"
+    table.write_text("id,age,t,visit,y\nP01,31,1,2024-01-02,5.5\nP02,,0,2024-02-03,NA\n")
+    assert csv_header(table) == ("id", "age", "t", "visit", "y")
+    data = load_csv(table, columns=["y", 1, "t"])  # by name or 0-based position, in this order
+    assert data.columns == ("y", "age", "t")
+    torch.testing.assert_close(data.x, torch.tensor([[5.5, 31.0, 1.0], [math.nan, math.nan, 0.0]]), equal_nan=True)
+    with pytest.raises(DataError, match=r"line 2, column 1: 'P01' is not a number.*columns=\[\.\.\.\] without"):
+        load_csv(table)
+    with pytest.raises(DataError, match=r"no column named 'sex': its columns are \['id', 'age'"):
+        load_csv(table, columns=["sex"])
+    with pytest.raises(DataError, match="twice"):
+        load_csv(table, columns=["t", 2])
+    with pytest.raises(DataError, match=r"not a position .* 5 columns \(0 to 4\)"):
+        load_csv(table, columns=[5])
+    headerless = tmp_path / "plain.csv"
+    headerless.write_text("1,2\n3,4\n")
+    assert csv_header(headerless) is None and load_csv(headerless, columns=[1]).x.tolist() == [[2.0], [4.0]]
+    with pytest.raises(DataError, match="it has no header row"):
+        load_csv(headerless, columns=["a"])
