@@ -64,7 +64,7 @@ import torch
 from .._stack import user_stacklevel
 from ..models.base import Program, program_verb
 from .elbo import elbo_terms
-from .traces import SiteLogProbs, site_log_probs
+from .traces import SiteLogProbs, is_point_mass, site_log_probs
 
 __all__ = [
     "CollapseReport",
@@ -218,6 +218,18 @@ def _latent_means(slp: SiteLogProbs) -> torch.Tensor:
     return torch.cat(columns, -1)
 
 
+def _density_sites(slp: SiteLogProbs) -> list[str]:
+    """The guide sites whose densities the mutual information reads: the latent sites,
+    with point masses replaced by the auxiliary draws they are made of. For Pyro's
+    autoguides (``u ~ q(u)``, ``z = T(u)`` by a bijection, a ``Delta`` at ``z``)
+    :math:`I_q(x; z) = I_q(x; u)`, while a point mass has no density to compare
+    across data (its own datum would always win: the estimate sat at ``log B``)."""
+    points = [n for n in slp.latent if is_point_mass(slp.guide_trace.nodes[n]["fn"])]
+    if not points:
+        return list(slp.latent)
+    return [n for n in slp.latent if n not in points] + list(slp.auxiliary)
+
+
 def _pairwise_log_guide(slp: SiteLogProbs) -> torch.Tensor:
     """``(K, B_j, B_i)``: :math:`\\log q(z_{k,i} \\mid x_j)` for every pair of data.
 
@@ -229,7 +241,7 @@ def _pairwise_log_guide(slp: SiteLogProbs) -> torch.Tensor:
     """
     nb = -slp.particle_dim
     total = None
-    for name in slp.latent:
+    for name in _density_sites(slp):
         site = slp.guide_trace.nodes[name]
         fn, value = site["fn"], site["value"]
         event_dim = len(fn.event_shape)
@@ -246,9 +258,10 @@ def _check_independent_sites(slp: SiteLogProbs) -> None:
     """The pairwise guide density needs each site's q to depend on x only, not
     on other latent draws: check that its distribution is the same for every
     particle (needs K >= 2)."""
-    if len(slp.latent) < 2:
+    sites = _density_sites(slp)
+    if len(sites) < 2:
         return
-    for name in slp.latent:
+    for name in sites:
         site = slp.guide_trace.nodes[name]
         fn, value = site["fn"], site["value"]
         nb = -slp.particle_dim
@@ -264,6 +277,7 @@ def _check_independent_sites(slp: SiteLogProbs) -> None:
             )
 
 
+@torch.no_grad()
 def _mutual_information(slp: SiteLogProbs) -> float:
     _check_independent_sites(slp)
     pair = _pairwise_log_guide(slp)  # (K, B_j, B_i)
@@ -448,6 +462,11 @@ def mutual_information(
     value near 0 means the codes of different data are indistinguishable: the
     posterior has collapsed.
 
+    **Autoguides.** A point-mass site (Pyro's autoguides draw ``u ~ q(u)`` and put
+    a ``Delta`` at :math:`z = T(u)`) has no density to compare across data; its
+    auxiliary draws are read instead, since :math:`I_q(x; z) = I_q(x; u)` for a
+    bijection :math:`T`.
+
     :param program: a pvae program, or anything with ``model`` and ``guide``;
         each guide site's distribution must depend on ``x`` only (not on other
         latent draws).
@@ -471,7 +490,7 @@ def _mi_particles(program, args, kwargs, num_particles, data_plate, max_plate_ne
     if num_particles >= 2:
         return num_particles
     slp = _run(program, args, kwargs, 1, data_plate, max_plate_nesting)
-    return 2 if len(slp.latent) > 1 else 1
+    return 2 if len(_density_sites(slp)) > 1 else 1
 
 
 @program_verb()
@@ -521,7 +540,7 @@ def collapse_diagnostics(
     _check_threshold("kl_threshold", kl_threshold)
     _check_positive_int("num_particles", num_particles)
     slp = _run(program, args, kwargs, num_particles, data_plate, max_plate_nesting)
-    if len(slp.latent) > 1 and num_particles < 2:
+    if len(_density_sites(slp)) > 1 and num_particles < 2:
         slp = _run(program, args, kwargs, 2, data_plate, max_plate_nesting)
     activity = _activity(slp)
     kl, per_dim = _kl_parts(program, args, kwargs, num_particles, data_plate, max_plate_nesting)

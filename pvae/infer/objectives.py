@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence, get_args
 
 import torch
-from pyro.distributions import Delta
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform, _InverseTransform
@@ -52,6 +51,7 @@ from .traces import (
     check_count,
     find_data_plate,
     guess_max_plate_nesting,
+    is_point_mass,
     trace_pair,
 )
 
@@ -655,7 +655,7 @@ def _scale_latent_gradients(parts: _Parts, c: torch.Tensor, particle_dim: int, d
     ndim = -particle_dim
     for site in parts.guide_sites:
         z = site["value"]
-        if not (isinstance(z, torch.Tensor) and z.requires_grad) or _is_point_mass(site["fn"]):
+        if not (isinstance(z, torch.Tensor) and z.requires_grad) or is_point_mass(site["fn"]):
             continue  # a point mass is no draw: the paths into it are scaled at the draw it is made of
         fn = site["fn"]
         batch_ndim, event_ndim = len(fn.batch_shape), len(fn.event_shape)
@@ -687,7 +687,7 @@ def _check_no_latent_parameters(guide_trace: Any, latent: list[str], what: str) 
     earlier: list[tuple[str, torch.Tensor]] = []
     for name in [n for n in guide_trace.nodes if n in set(latent)]:
         site = guide_trace.nodes[name]
-        params = [] if _is_point_mass(site["fn"]) else [t for t in _tensors(site["fn"]) if t.requires_grad]
+        params = [] if is_point_mass(site["fn"]) else [t for t in _tensors(site["fn"]) if t.requires_grad]
         if earlier and params:
             grads = torch.autograd.grad(
                 sum(p.sum() for p in params), [z for _, z in earlier], allow_unused=True, retain_graph=True
@@ -750,17 +750,9 @@ def detach_distribution(fn: Distribution, site: str | None = None) -> Distributi
         parameters cannot be found (e.g. a transform that is an ``nn.Module``,
         such as a normalising flow).
     """
-    if _is_point_mass(fn):
+    if is_point_mass(fn):
         return fn
     return _detach(fn, site, fn)
-
-
-def _is_point_mass(fn: Distribution) -> bool:
-    """``fn`` is a ``Delta``, possibly wrapped (``Independent``, ``MaskedDistribution``,
-    ``ExpandedDistribution``)."""
-    while not isinstance(fn, Delta) and isinstance(getattr(fn, "base_dist", None), Distribution):
-        fn = fn.base_dist
-    return isinstance(fn, Delta)
 
 
 def _detach(obj: Any, site: str | None, top: Distribution) -> Any:

@@ -46,11 +46,13 @@ import numbers
 
 import torch
 from pyro import poutine
+from pyro.distributions import Delta
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from torch.distributions import Distribution
 
 from ..models.base import program_verb
 
@@ -237,6 +239,14 @@ def _random_subsample(*traces: Any) -> dict[str, torch.Tensor]:
 
 def _sample_sites(trace) -> list[tuple[str, dict]]:
     return [(n, s) for n, s in trace.nodes.items() if s["type"] == "sample"]
+
+
+def is_point_mass(fn: Distribution) -> bool:
+    """``fn`` is a ``Delta``, possibly wrapped (``Independent``, ``MaskedDistribution``,
+    ``ExpandedDistribution``)."""
+    while not isinstance(fn, Delta) and isinstance(getattr(fn, "base_dist", None), Distribution):
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
