@@ -419,7 +419,11 @@ class AnomalyDetector:
         null = self._null()
         n = null.numel()
         scores = self._check_scores(scores)
-        at_least = n - torch.searchsorted(null, scores.to(null.dtype).contiguous(), right=False)
+        # rank in the wider dtype: a float64 score just above a float32 null score must not
+        # round onto it (predict compares in full precision, and the two must agree)
+        wide = torch.promote_types(null.dtype, scores.dtype) if scores.is_floating_point() else null.dtype
+        at_least = n - torch.searchsorted(null.to(wide), scores.to(device=null.device, dtype=wide).contiguous(),
+                                          right=False)
         return (1 + at_least).to(null.dtype) / (n + 1)
 
     def p_value(self, *args: Any, **kwargs: Any) -> torch.Tensor:
