@@ -271,11 +271,17 @@ def _units(model_trace, outcome: str, data_plate: str | None) -> int:
     return plates[name].size
 
 
-def _treatment_value(value: float | int | torch.Tensor) -> torch.Tensor:
-    """The intervention's value: a tensor as given, an int as an integer tensor (an arm's code,
-    e.g. for a categorical treatment that indexes its arms), any other number as a float."""
+def _treatment_value(value: float | int | torch.Tensor, site_value: Any) -> torch.Tensor:
+    """The intervention's value: a tensor as given; a number in the dtype and on the device of
+    the treatment site's own value (``site_value``, from a probe run) when that is a floating
+    tensor, so that a float64 program computes its effects in float64 and ``do(t = 0.1)``
+    applies 0.1, not float32's 0.10000000149; otherwise an int as an integer tensor (an arm's
+    code, e.g. for a categorical treatment that indexes its arms) and any other number as a
+    float."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
+    if isinstance(site_value, torch.Tensor) and site_value.is_floating_point():
+        return torch.tensor(float(value), dtype=site_value.dtype, device=site_value.device)
     if isinstance(value, int) and not isinstance(value, bool):
         return torch.tensor(value)
     return torch.tensor(float(value))
@@ -310,7 +316,8 @@ def _outcome_draws(
         upstream = _latent_replay_trace(guide_trace, probe, treatment, outcome)
         results = []
         for value in values:
-            intervened = poutine.do(model, data={treatment: _treatment_value(value)})
+            value = _treatment_value(value, probe.nodes[treatment]["value"])
+            intervened = poutine.do(model, data={treatment: value})
             replay = poutine.replay(intervened, trace=upstream)
             model_trace = poutine.trace(plate(replay)).get_trace(*args, **kwargs)
             results.append(_unit_values(model_trace.nodes[outcome], particle_dim, num_samples, batch, outcome))

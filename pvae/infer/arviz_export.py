@@ -392,14 +392,19 @@ def psis_diagnostics(
             chunks.append(slp.log_weight.double())
             drawn += k
     log_w = torch.cat(chunks).T.contiguous()  # (batch, K)
-    smoothed, khat = az.psislw(log_w.cpu().numpy(), reff=1.0)
-    khat = torch.as_tensor(np.asarray(khat), dtype=torch.float64).reshape(log_w.shape[:-1])
-    # Weights equal up to rounding (an exact guide: log w = log p(x) for every
-    # draw) have no tail; ArviZ would fit rounding noise (k = inf on ties).
+    # Weights equal up to rounding (an exact guide: log w = log p(x) for every draw)
+    # have no tail: k-hat -inf and equal smoothed weights (ESS = K). They never reach
+    # ArviZ, whose tail fit would divide by a zero order statistic (NaN weights, warnings).
     spread = log_w.max(-1).values - log_w.min(-1).values
     rounding = _CONSTANT_ULPS * torch.finfo(dtype).eps * (1 + log_w.abs().max(-1).values)
-    khat = torch.where(spread <= rounding, torch.full_like(khat, -math.inf), khat)
-    smoothed = torch.as_tensor(np.asarray(smoothed), dtype=torch.float64)
+    constant = spread <= rounding
+    khat = torch.full(log_w.shape[:-1], -math.inf, dtype=torch.float64)
+    smoothed = torch.full(log_w.shape, -math.log(num_particles), dtype=torch.float64)  # on the CPU, as ArviZ's
+    if not bool(constant.all()):
+        tailed = (~constant).cpu()
+        fitted, fitted_khat = az.psislw(log_w.cpu()[tailed].numpy(), reff=1.0)
+        khat[tailed] = torch.as_tensor(np.asarray(fitted_khat), dtype=torch.float64).reshape(-1)
+        smoothed[tailed] = torch.as_tensor(np.asarray(fitted), dtype=torch.float64).reshape(-1, num_particles)
     ess = 1.0 / smoothed.exp().pow(2).sum(-1)
     evidence = log_w.logsumexp(-1) - math.log(num_particles)
     threshold = min(1.0 - 1.0 / math.log10(num_particles), KHAT_THRESHOLD)

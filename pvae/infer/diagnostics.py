@@ -455,12 +455,15 @@ def mutual_information(
 
     **Bias.** The mixture includes the datum's own component :math:`j = i`, so
     this is the InfoNCE bound with the (optimal) critic :math:`q(z \\mid x)`
-    (Poole et al. 2019): in expectation :math:`\\hat I \\le I_q(x; z)`, and always
-    :math:`0 \\le \\hat I \\le \\log B`. It is close to :math:`I_q` when
-    :math:`I_q \\ll \\log B` and saturates at :math:`\\log B` otherwise, so
-    compare it with :math:`\\log B` and use as large a B as memory allows. A
-    value near 0 means the codes of different data are indistinguishable: the
-    posterior has collapsed.
+    (Poole et al. 2019): in expectation :math:`0 \\le \\mathbb E\\,\\hat I \\le
+    I_q(x; z)`, and :math:`\\hat I \\le \\log B` always (each datum's term is at
+    most :math:`\\log B`). One estimate can be slightly negative when
+    :math:`I_q \\approx 0` (a draw likelier under another datum's code): noise,
+    not an error; it is not clamped, which would bias it. It is close to
+    :math:`I_q` when :math:`I_q \\ll \\log B` and saturates at :math:`\\log B`
+    otherwise, so compare it with :math:`\\log B` and use as large a B as memory
+    allows. A value near 0 means the codes of different data are
+    indistinguishable: the posterior has collapsed.
 
     **Autoguides.** A point-mass site (Pyro's autoguides draw ``u ~ q(u)`` and put
     a ``Delta`` at :math:`z = T(u)`) has no density to compare across data; its
