@@ -707,7 +707,8 @@ def _effect_data(args: argparse.Namespace) -> _EffectData:
     path = args.data[len("csv:"):] if args.data.startswith("csv:") else args.data
     file = Path(path)
     header = csv_header(file)
-    width = len(header) if header is not None else load_csv(file).x.shape[1]
+    whole = load_csv(file).x if header is None else None  # no header, no text columns: read it once
+    width = len(header) if header is not None else whole.shape[1]
     names = header if header is not None else [str(j + 1) for j in range(width)]
     t_col = _column("--treatment", args.treatment, header, width, file)
     y_col = _column("--outcome", args.outcome, header, width, file)
@@ -728,7 +729,8 @@ def _effect_data(args: argparse.Namespace) -> _EffectData:
         raise ValueError(f"{file} has no covariate column besides the treatment and the outcome. "
                          "Try a table with covariates (the confounders' proxies) beside them.")
     try:  # only these columns: the others may hold text (identifiers, dates)
-        table = load_csv(file, columns=[t_col, y_col, *x_cols]).x
+        table = (whole[:, [t_col, y_col, *x_cols]] if whole is not None
+                 else load_csv(file, columns=[t_col, y_col, *x_cols]).x)
     except DataError as err:
         if args.covariates is not None or "is not a number" not in str(err):
             raise

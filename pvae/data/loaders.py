@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import math
 import numbers
 import os
@@ -128,14 +129,16 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _csv_rows(file: Path) -> tuple[tuple[str, ...] | None, list[tuple[int, list[str]]], int]:
+def _csv_rows(file: Path, first_only: bool = False) -> tuple[tuple[str, ...] | None, list[tuple[int, list[str]]], int]:
     """The header (None without one), the non-blank data rows with their line
-    numbers, and the file's width (its first row's)."""
+    numbers, and the file's width (its first row's). ``first_only``: read no
+    further than the first non-blank row (enough for the header)."""
     if not file.is_file():
         raise FileNotFoundError(f"CSV file not found: {file}. Try the path of an existing numeric CSV file.")
     try:
         with open(file, newline="", encoding="utf-8-sig") as f:
-            lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+            rows = ((i, row) for i, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row))
+            lines = list(itertools.islice(rows, 1) if first_only else rows)
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{file} is not a readable CSV text file ({err}). Try a UTF-8 numeric CSV.") from None
     width = len(lines[0][1]) if lines else 0  # the header's width, when there is one
@@ -155,7 +158,7 @@ def csv_header(path: str | os.PathLike) -> tuple[str, ...] | None:
     :raises FileNotFoundError: if the file is missing.
     :raises DataError: on a file that is not text.
     """
-    return _csv_rows(Path(path))[0]
+    return _csv_rows(Path(path), first_only=True)[0]
 
 
 def load_csv(path: str | os.PathLike, columns: Sequence[int | str] | None = None) -> Dataset:
